@@ -2141,7 +2141,9 @@ class _Runtime:
 class LogRing:
     """The last ``capacity`` lines of one unit, as (wall time, stream, text)."""
 
-    def __init__(self, unit: str, capacity: int, publish: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(
+        self, unit: str, capacity: int, publish: Callable[[str, list[dict]], None]
+    ) -> None:
         self.unit = unit
         self.lines: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=capacity)
         self._publish = publish
@@ -2150,10 +2152,12 @@ class LogRing:
         if capacity != self.lines.maxlen:
             self.lines = collections.deque(self.lines, maxlen=capacity)
 
-    def append(self, stream: str, text: str) -> None:
-        entry = (time.time(), stream, text)
-        self.lines.append(entry)
-        self._publish(self.entry_dict(entry))
+    def extend(self, stream: str, texts: list[str]) -> None:
+        """Append lines read at one instant, and hand them to followers."""
+        now = time.time()
+        entries = [(now, stream, text) for text in texts]
+        self.lines.extend(entries)
+        self._publish(self.unit, entries)
 
     def entry_dict(self, entry: tuple[float, str, str]) -> dict[str, Any]:
         return {"time": entry[0], "unit": self.unit, "stream": entry[1], "line": entry[2]}
@@ -2168,43 +2172,51 @@ class LogRing:
 def _read_pipe(runtime: _Runtime, fd: int, ring: LogRing, stream: str) -> None:
     """Feed a pipe's lines into ``ring`` until EOF, then close the fd.
 
-    Blocks (cooperatively) until the writer side is closed by every process.
+    Blocks (cooperatively) until every writer has closed the pipe.  Each
+    chunk is read only after the hub has polled for readiness, so a service
+    flooding its output gets one chunk per loop turn and cannot starve the
+    control socket or the other services.
     """
     os.set_blocking(fd, False)
     watcher = runtime.loop.io(fd, 1)
     pending = b""
     try:
         while True:
+            runtime.hub.wait(watcher)
             try:
                 chunk = os.read(fd, 65536)
             except BlockingIOError:
-                runtime.hub.wait(watcher)
                 continue
             except OSError:
                 break
             if not chunk:
                 break
             pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                _append_cut(ring, stream, line)
-            while len(pending) >= MAX_LOG_LINE_BYTES:
-                ring.append(stream, pending[:MAX_LOG_LINE_BYTES].decode("utf-8", "replace"))
-                pending = pending[MAX_LOG_LINE_BYTES:]
-            # Let other greenlets run between chunks, so that a flood of
-            # output from one service cannot starve the control socket.
-            runtime.gevent.sleep(0)
+            if b"\n" in chunk:
+                complete, _, pending = pending.rpartition(b"\n")
+                ring.extend(stream, _split_lines(complete))
+            if len(pending) >= MAX_LOG_LINE_BYTES:
+                ring.extend(stream, _split_lines(pending))
+                pending = b""
         if pending:
-            _append_cut(ring, stream, pending)
+            ring.extend(stream, _split_lines(pending))
     finally:
         watcher.close()
         os.close(fd)
 
 
-def _append_cut(ring: LogRing, stream: str, line: bytes) -> None:
-    line = line.removesuffix(b"\r")
-    for start in range(0, max(len(line), 1), MAX_LOG_LINE_BYTES):
-        ring.append(stream, line[start : start + MAX_LOG_LINE_BYTES].decode("utf-8", "replace"))
+def _split_lines(data: bytes) -> list[str]:
+    """Decode complete lines, cutting any line longer than MAX_LOG_LINE_BYTES."""
+    lines = []
+    for line in data.decode("utf-8", "replace").split("\n"):
+        line = line.removesuffix("\r")
+        if len(line) * 4 <= MAX_LOG_LINE_BYTES:  # short enough whatever its encoding
+            lines.append(line)
+            continue
+        raw = line.encode("utf-8", "replace")
+        for start in range(0, max(len(raw), 1), MAX_LOG_LINE_BYTES):
+            lines.append(raw[start : start + MAX_LOG_LINE_BYTES].decode("utf-8", "replace"))
+    return lines
 
 
 # ==== 13. Processes ========================================================
@@ -3247,18 +3259,28 @@ class Supervisor:
             if other is not None and other is not unit:
                 other.post(_DepsChanged())
 
-    def publish_log(self, entry: dict[str, Any]) -> None:
+    def publish_log(self, unit: str, entries: list[tuple[float, str, str]]) -> None:
         if self.forward_logs:
             try:
-                sys.stdout.write(f"{entry['unit']} | {entry['line']}\n")
+                sys.stdout.write("".join(f"{unit} | {entry[2]}\n" for entry in entries))
                 sys.stdout.flush()
             except (OSError, ValueError):
                 self.forward_logs = False
-        if self._log_queues:
-            message = {"method": "log", "params": entry}
-            for queue, unit in list(self._log_queues.items()):
-                if unit is None or unit == entry["unit"]:
-                    self._put(queue, message)
+        for queue, wanted in list(self._log_queues.items()):
+            if wanted is None or wanted == unit:
+                for entry in entries:
+                    self._put(
+                        queue,
+                        {
+                            "method": "log",
+                            "params": {
+                                "time": entry[0],
+                                "unit": unit,
+                                "stream": entry[1],
+                                "line": entry[2],
+                            },
+                        },
+                    )
 
     def _broadcast(self, queues: set[Any], message: dict[str, Any]) -> None:
         for queue in list(queues):
@@ -4178,7 +4200,8 @@ def server_main(argv: list[str] | None = None) -> int:
         _log().error("critical unit %s failed (%s): shutting down", unit.name, unit.reason)
         shut_down(f"critical unit {unit.name!r} failed", code)
 
-    supervisor.on_critical = critical_failed
+    # SPEC 3: `critical` takes effect in container mode only.
+    supervisor.on_critical = critical_failed if container else None
     gevent.signal_handler(signal.SIGTERM, shut_down, "SIGTERM")
     gevent.signal_handler(signal.SIGINT, shut_down, "SIGINT")
     gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(supervisor.reload))
