@@ -3469,6 +3469,8 @@ class Supervisor:
         if rivals:
             self.stop_units(rivals, f"stopped: conflicts with {name!r}")
         for member in closure:
+            if member != name and self.units[member].is_up():
+                continue  # a finished oneshot stays done when something pulls it in again
             why = reason if member == name else f"pulled in by {name!r}"
             self.units[member].request_start(why, by_hand=by_hand and member == name)
 
@@ -4169,7 +4171,15 @@ def server_main(argv: list[str] | None = None) -> int:
     """Run the daemon until it is shut down; return its exit status."""
     args = _server_parser().parse_args(argv)
     _configure_logging(os.environ.get("ZINIT_LOG_LEVEL", DEFAULT_LOG_LEVEL))
-    runtime = _Runtime()
+    try:
+        runtime = _Runtime()
+    except ImportError as error:
+        print(
+            f"zinit-server: cannot load gevent ({error}); a zinit.pyz runs only on the Python "
+            f"version it was built for, and this is Python {sys.version_info[0]}.{sys.version_info[1]}",
+            file=sys.stderr,
+        )
+        return 1
     import gevent
 
     config_dir = args.config_dir or default_config_dir()
@@ -4202,8 +4212,8 @@ def server_main(argv: list[str] | None = None) -> int:
 
     # SPEC 3: `critical` takes effect in container mode only.
     supervisor.on_critical = critical_failed if container else None
-    gevent.signal_handler(signal.SIGTERM, shut_down, "SIGTERM")
-    gevent.signal_handler(signal.SIGINT, shut_down, "SIGINT")
+    gevent.signal_handler(signal.SIGTERM, shut_down, "shutdown on SIGTERM")
+    gevent.signal_handler(signal.SIGINT, shut_down, "shutdown on SIGINT")
     gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(supervisor.reload))
     _log().info(
         "zinit %s listening on %s; units from %s",
@@ -4216,7 +4226,18 @@ def server_main(argv: list[str] | None = None) -> int:
     supervisor.finished.wait()
     server.close()
     _log().info("stopped")
+    _report_to_pid1(supervisor.exit_code)
     return supervisor.exit_code
+
+
+def _report_to_pid1(code: int) -> None:
+    """Tell zinit-pid1 (if it started us) that this exit is an orderly one."""
+    fd = os.environ.get("ZINIT_PID1_STATUS_FD")
+    if fd and fd.isdigit():
+        try:
+            os.write(int(fd), f"exit {code}\n".encode())
+        except OSError:
+            pass
 
 
 def _raise_fd_limit() -> None:
@@ -4231,19 +4252,219 @@ def _raise_fd_limit() -> None:
 
 
 # ==== 19. PID-1 shim =======================================================
-# ``zinit-pid1``: standard library only (no gevent, no psutil).  Not built
-# yet: the container and VM modes of SPEC section 10 come with their own
-# issue.  Until then the entry point says so instead of half-working.
+# ``zinit-pid1``: standard library only, so that PID 1 stays small and never
+# depends on gevent.  It blocks the signals it handles and takes them with
+# sigwaitinfo (no handlers, no polling), runs zinit-server as its child,
+# reaps every zombie, forwards signals, restarts a crashed server, and at the
+# end exits (container) or powers off / reboots through reboot(2) (VM).
+
+#: Signals the shim takes synchronously; the server gets them unblocked.
+_PID1_SIGNALS = frozenset(
+    {
+        signal.SIGTERM,
+        signal.SIGINT,
+        signal.SIGHUP,
+        signal.SIGQUIT,
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+        signal.SIGCHLD,
+    }
+)
+#: reboot(2) commands.
+_RB_POWER_OFF = 0x4321FEDC
+_RB_AUTOBOOT = 0x01234567
+#: Grace between SIGTERM and SIGKILL for whatever is left at the very end.
+_PID1_SWEEP_GRACE_S = 2.0
+
+
+def _pid1_say(message: str) -> None:
+    print(f"zinit-pid1: {message}", file=sys.stderr, flush=True)
+
+
+def _pid1_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zinit-pid1",
+        description="PID-1 shim: runs zinit-server, reaps zombies, forwards signals.",
+        epilog="ZINIT_PID1_DRY_RUN=1 (VM mode, for tests) exits and names the action "
+        "instead of calling reboot(2).",
+    )
+    parser.add_argument(
+        "--container",
+        action="store_true",
+        help="container mode (also ZINIT_CONTAINER): exit after shutdown",
+    )
+    parser.add_argument("--config-dir", default=None, help="service directory for the server")
+    parser.add_argument(
+        "--system-dir", default=DEFAULT_SYSTEM_DIR, help="system service directory (VM mode)"
+    )
+    parser.add_argument("--socket", default=None, help="control socket for the server")
+    return parser
+
+
+class _Pid1:
+    """The shim's state: the server child, the action asked for, the exit code."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.container = args.container or bool(os.environ.get("ZINIT_CONTAINER"))
+        self.server_argv = [sys.executable, os.path.abspath(__file__), "server"]
+        if args.config_dir:
+            self.server_argv += ["--config-dir", args.config_dir]
+        if args.socket:
+            self.server_argv += ["--socket", args.socket]
+        if not self.container:
+            self.server_argv += ["--pid1-mode", "--system-dir", args.system_dir]
+        self.server: int | None = None
+        self.action: str | None = None  # "exit", "poweroff" or "reboot"
+        self.status_read: int | None = None
+        self.restart_delay_s = 1.0
+
+    def spawn_server(self) -> None:
+        read, write = os.pipe()
+        os.set_inheritable(write, True)
+        env = dict(os.environ, ZINIT_PID1_PID=str(os.getpid()), ZINIT_PID1_STATUS_FD=str(write))
+        if self.container:
+            env["ZINIT_CONTAINER"] = "1"
+        self.server = os.posix_spawn(self.server_argv[0], self.server_argv, env, setsigmask=())
+        os.close(write)
+        self.status_read = read
+        _pid1_say(f"started zinit-server as pid {self.server}")
+
+    def server_report(self) -> str:
+        """What the server wrote on its status pipe before exiting ("" if it crashed)."""
+        if self.status_read is None:
+            return ""
+        os.set_blocking(self.status_read, False)
+        try:
+            return os.read(self.status_read, 4096).decode(errors="replace").strip()
+        except OSError:
+            return ""
+        finally:
+            os.close(self.status_read)
+            self.status_read = None
+
+    def reap(self) -> int | None:
+        """Reap every zombie; return the server's exit code if it was among them."""
+        server_code = None
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            if pid == self.server:
+                server_code = os.waitstatus_to_exitcode(status)
+                self.server = None
+        return server_code
+
+    def forward(self, signum: int) -> None:
+        if self.server is not None:
+            try:
+                os.kill(self.server, signum)
+            except ProcessLookupError:
+                pass
+
+    def on_signal(self, signum: int) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            if self.container:
+                self.action = "exit"
+            else:
+                self.action = "reboot" if signum == signal.SIGINT else "poweroff"
+            _pid1_say(f"{signal_name(signum)}: ordered shutdown, then {self.action}")
+            self.forward(signal.SIGTERM)
+        else:
+            self.forward(signum)
+
+    def kill_orphans(self, server_pid: int) -> None:
+        """End the services a crashed server left behind (tagged with its pid)."""
+        own = _own_cgroup_dir()
+        if own is not None:
+            root = os.path.join(own, f"zinit-{server_pid}")
+            _Cgroups.kill_all(root)
+        tag = f"ZINIT_SERVER_PID={server_pid}".encode()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as stream:
+                    if tag in stream.read().split(b"\0"):
+                        os.kill(int(entry), signal.SIGKILL)
+            except OSError:
+                continue
+
+    def sweep(self) -> None:
+        """As PID 1 of a namespace: end every process left, then reap them."""
+        if os.getpid() != 1:
+            return
+        for signum in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.kill(-1, signum)
+            except ProcessLookupError:
+                return
+            deadline = time.monotonic() + _PID1_SWEEP_GRACE_S
+            while time.monotonic() < deadline:
+                self.reap()
+                try:
+                    os.kill(-1, 0)
+                except ProcessLookupError:
+                    return
+                signal.sigtimedwait([signal.SIGCHLD], max(0.0, deadline - time.monotonic()))
+
+    def finish(self, code: int) -> int:
+        self.sweep()
+        if self.container:
+            _pid1_say(f"exiting with status {code}")
+            return code
+        action = self.action or "poweroff"
+        os.sync()
+        if os.environ.get("ZINIT_PID1_DRY_RUN"):
+            _pid1_say(f"would {action} now (ZINIT_PID1_DRY_RUN is set)")
+            return 0
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.reboot(_RB_AUTOBOOT if action == "reboot" else _RB_POWER_OFF)
+        _pid1_say(f"reboot(2) failed: {os.strerror(ctypes.get_errno())}; halting here")
+        while True:  # PID 1 must never exit: the kernel would panic
+            signal.sigwaitinfo(_PID1_SIGNALS)
+            self.reap()
 
 
 def pid1_main(argv: list[str] | None = None) -> int:
-    """Run as PID 1 (not available in this version: it says so and exits 2)."""
-    print(
-        "zinit-pid1: not available in this version; run 'zinit-server' "
-        "(or 'zinit server') under your init system or container runtime",
-        file=sys.stderr,
-    )
-    return 2
+    """Run as PID 1 (or a container entrypoint) until shutdown; return the exit code."""
+    args = _pid1_parser().parse_args(argv)
+    shim = _Pid1(args)
+    signal.pthread_sigmask(signal.SIG_BLOCK, _PID1_SIGNALS)
+    if os.getpid() != 1:
+        _set_child_subreaper()
+    shim.spawn_server()
+    while True:
+        info = signal.sigwaitinfo(_PID1_SIGNALS)
+        if info.si_signo != signal.SIGCHLD:
+            shim.on_signal(info.si_signo)
+            continue
+        crashed_pid = shim.server
+        code = shim.reap()
+        if code is None:
+            continue
+        report = shim.server_report()
+        if report.startswith("exit "):
+            return shim.finish(int(report.split()[1]))
+        if shim.action is not None:
+            return shim.finish(code)
+        _pid1_say(f"zinit-server {describe_exit(code)}; restarting it in {shim.restart_delay_s:g}s")
+        if crashed_pid is not None:
+            shim.kill_orphans(crashed_pid)
+        deadline = time.monotonic() + shim.restart_delay_s
+        while shim.action is None and (remaining := deadline - time.monotonic()) > 0:
+            info = signal.sigtimedwait(_PID1_SIGNALS, remaining)
+            if info is not None and info.si_signo != signal.SIGCHLD:
+                shim.on_signal(info.si_signo)
+            shim.reap()
+        if shim.action is not None:
+            return shim.finish(0)
+        shim.restart_delay_s = min(shim.restart_delay_s * 2, 30.0)
+        shim.spawn_server()
 
 
 # ==== 20. Main dispatch ====================================================
@@ -4265,7 +4486,36 @@ def main(argv: list[str] | None = None) -> int:
         return server_main(args[1:])
     if args and args[0] == "pid1":
         return pid1_main(args[1:])
+    if args and args[0] == "install":
+        return _install(args[1:])
     return cli_main(args)
+
+
+def _install(args: list[str]) -> int:
+    """``zinit install DIR``: link zinit, zinit-server and zinit-pid1 in DIR to this file."""
+    parser = argparse.ArgumentParser(
+        prog="zinit install", description="Link the three program names to this zinit."
+    )
+    parser.add_argument("directory")
+    options = parser.parse_args(args)
+    target = os.path.realpath(sys.argv[0])
+    if not os.access(target, os.X_OK) or not os.path.isfile(target):
+        print(
+            f"zinit install: {target} is not an executable file; run install from a "
+            "zinit.pyz or an installed 'zinit' script",
+            file=sys.stderr,
+        )
+        return 1
+    os.makedirs(options.directory, exist_ok=True)
+    for name in ("zinit", "zinit-server", "zinit-pid1"):
+        link = os.path.join(options.directory, name)
+        if os.path.realpath(link) == target and os.path.islink(link):
+            continue
+        if os.path.lexists(link):
+            os.unlink(link)
+        os.symlink(target, link)
+        print(f"{link} -> {target}")
+    return 0
 
 
 if __name__ == "__main__":
