@@ -618,7 +618,8 @@ class _UnitParser:
         if fields["restart_delay_max_ms"] < fields["restart_delay_ms"]:
             raise self.error(
                 "lifecycle.restart_delay_max_ms",
-                f"must be >= restart_delay_ms ({fields['restart_delay_ms']})",
+                f"must be >= restart_delay_ms ({fields['restart_delay_ms']}), "
+                f"got {fields['restart_delay_max_ms']}",
             )
         return fields
 
@@ -628,6 +629,15 @@ class _UnitParser:
         kind = self.choice(table, "health.type", _HEALTH_TYPES, "http")
         endpoint = self.string(table, "health.endpoint", "") or ""
         command = self.string(table, "health.command", "") or ""
+        if kind in ("http", "tcp") and not endpoint:
+            example = "an http:// URL" if kind == "http" else "host:port"
+            raise self.error(
+                "health.endpoint", f"required for type {kind!r}: {example}", at_key=True
+            )
+        if kind == "exec" and not command:
+            raise self.error(
+                "health.command", "required for type 'exec': a command line", at_key=True
+            )
         if kind == "http" and not re.match(r"https?://[^/]+", endpoint):
             raise self.error(
                 "health.endpoint", f"expected an http:// or https:// URL, got {endpoint!r}"
@@ -694,6 +704,7 @@ def parse_unit_text(text: str, path: str, name: str) -> UnitConfig:
         if found:
             line, col = int(found.group(1)), int(found.group(2))
             message = message[: found.start()]
+        message = message[:1].lower() + message[1:]
         raise ConfigError(path, f"TOML syntax error: {message}", line=line, col=col) from None
     return _UnitParser(path, text, name).parse(data)
 
@@ -1527,6 +1538,10 @@ class _Output:
 
 def _unit_row(unit: dict[str, Any]) -> list[str]:
     pid = str(unit["pid"]) if unit.get("pid") else "-"
+    reason = unit.get("reason", "")
+    for warning in unit.get("warnings", ()):
+        if warning.startswith("config file has an error"):
+            reason = f"[{warning}] {reason}"
     return [
         unit["name"],
         unit["kind"],
@@ -1535,7 +1550,7 @@ def _unit_row(unit: dict[str, Any]) -> list[str]:
         format_duration(unit.get("uptime_s")) if unit.get("uptime_s") is not None else "-",
         str(unit.get("restarts", 0)),
         unit.get("health") or "-",
-        unit.get("reason", ""),
+        reason,
     ]
 
 
@@ -3224,7 +3239,7 @@ class Supervisor:
                 return f"requires {dep!r}, which is not defined"
             if other.is_up():
                 continue
-            if other.config.status == "ignore":
+            if self.configs[dep].status == "ignore":
                 return f"requires {dep!r}, which has status=ignore"
             if not other.wanted and other._restart_at is None:
                 return f"requires {dep!r}, which is {other.state} ({other.reason})"
@@ -3456,8 +3471,8 @@ class Supervisor:
         """Start a unit and pull in what it requires or wants; stop its conflicts first."""
         if self.shutting_down:
             raise UnitStateError("the daemon is shutting down")
-        unit = self.unit(name)
-        if unit.config.status == "ignore":
+        self.unit(name)
+        if self.configs[name].status == "ignore":
             raise UnitStateError(f"{name!r} has status=ignore: zinit never starts it")
         closure = pulled_in([name], self.configs)
         rivals = {
@@ -3510,8 +3525,8 @@ class Supervisor:
 
     def restart(self, name: str) -> None:
         """Restart a unit, and the active units that require it."""
-        unit = self.unit(name)
-        if unit.config.status == "ignore":
+        self.unit(name)
+        if self.configs[name].status == "ignore":
             raise UnitStateError(f"{name!r} has status=ignore: zinit never starts it")
         dependents = [
             d
@@ -3645,7 +3660,8 @@ class Supervisor:
             ]
             if not self.shutting_down:
                 for name in to_start:
-                    self.start(name, reason="reload")
+                    if self.configs[name].status != "ignore":
+                        self.start(name, reason="reload")
             self._notify_all()
         for name, error in errors.items():
             _log().error("reload: %s", error)

@@ -1,0 +1,617 @@
+"""Unit files (SPEC section 3), in process: a table of TOML text -> exact error message.
+
+Every message reads ``file:line:col: key: reason`` (STYLE: ``where: what (why)``).
+"""
+
+import signal
+import subprocess
+import textwrap
+
+import pytest
+from conftest import PYTHON, ROOT, ZINIT_PY
+
+import zinit
+
+# (id, TOML text of web.toml, the exact str() of the ConfigError)
+ERRORS = [
+    (
+        "unknown key",
+        """
+        [service]
+        exec = "sleep 1"
+        restat = "always"
+        """,
+        (
+            "web.toml:3:1: service.restat: unknown key (allowed: name, exec, dir, oneshot, status, "
+            "class, env, user, group, critical)"
+        ),
+    ),
+    (
+        "unknown key, indented, in lifecycle",
+        """
+        [service]
+        exec = "sleep 1"
+        [lifecycle]
+          restat = "always"
+        """,
+        (
+            "web.toml:4:3: lifecycle.restat: unknown key (allowed: restart, stop_signal, "
+            "start_timeout_ms, stop_timeout_ms, restart_delay_ms, restart_delay_max_ms, max_restarts)"
+        ),
+    ),
+    (
+        "unknown key in dependencies",
+        """
+        [service]
+        exec = "sleep 1"
+
+        [dependencies]
+        require = ["db"]
+        """,
+        (
+            "web.toml:5:1: dependencies.require: unknown key (allowed: requires, after, wants, "
+            "conflicts)"
+        ),
+    ),
+    (
+        "wrong type: boolean",
+        """
+        [service]
+        exec = "sleep 1"
+        oneshot = "yes"
+        """,
+        "web.toml:3:11: service.oneshot: expected true or false, got 'yes'",
+    ),
+    (
+        "wrong type: exec",
+        """
+        [service]
+        exec = 5
+        """,
+        "web.toml:2:8: service.exec: expected a string, got 5",
+    ),
+    (
+        "wrong type: float for integer",
+        """
+        [service]
+        exec = "sleep 1"
+        [lifecycle]
+        stop_timeout_ms = 1.5
+        """,
+        "web.toml:4:19: lifecycle.stop_timeout_ms: expected an integer, got 1.5",
+    ),
+    (
+        "wrong type: requires not a list",
+        """
+        [service]
+        exec = "sleep 1"
+        [dependencies]
+        requires = "db"
+        """,
+        "web.toml:4:12: dependencies.requires: expected a list of unit names, got 'db'",
+    ),
+    (
+        "requires holds a path, not a unit name",
+        """
+        [service]
+        exec = "sleep 1"
+        [dependencies]
+        requires = ["../db"]
+        """,
+        "web.toml:4:12: dependencies.requires: '../db' is not a unit name",
+    ),
+    (
+        "wrong type: env",
+        """
+        [service]
+        exec = "sleep 1"
+        env = { A = [1] }
+        """,
+        'web.toml:3:7: service.env: expected a table of NAME = "value"',
+    ),
+    (
+        "bad restart value",
+        """
+        [service]
+        exec = "sleep 1"
+        [lifecycle]
+        restart = "sometimes"
+        """,
+        "web.toml:4:11: lifecycle.restart: expected always, on-failure or never, got 'sometimes'",
+    ),
+    (
+        "bad status",
+        """
+        [service]
+        exec = "sleep 1"
+        status = "maybe"
+        """,
+        "web.toml:3:10: service.status: expected start, stop or ignore, got 'maybe'",
+    ),
+    (
+        "bad class",
+        """
+        [service]
+        exec = "sleep 1"
+        class = "root"
+        """,
+        "web.toml:3:9: service.class: expected user or system, got 'root'",
+    ),
+    (
+        "bad signal name",
+        """
+        [service]
+        exec = "sleep 1"
+        [lifecycle]
+        stop_signal = "SIGFOO"
+        """,
+        "web.toml:4:15: lifecycle.stop_signal: expected a signal name or number, got 'SIGFOO'",
+    ),
+    (
+        "bad signal number",
+        """
+        [service]
+        exec = "sleep 1"
+        [lifecycle]
+        stop_signal = 99
+        """,
+        "web.toml:4:15: lifecycle.stop_signal: no such signal number 99",
+    ),
+    (
+        "missing exec",
+        """
+        [service]
+        oneshot = true
+        """,
+        "web.toml:1:2: service.exec: required: the command line to run",
+    ),
+    (
+        "blank exec",
+        """
+        [service]
+        exec = "   "
+        """,
+        "web.toml:2:8: service.exec: the command line is empty",
+    ),
+    (
+        "exec that shlex cannot split",
+        """
+        [service]
+        exec = "sleep '1"
+        """,
+        "web.toml:2:8: service.exec: cannot split the command line (No closing quotation)",
+    ),
+    (
+        "name is not the file stem",
+        """
+        [service]
+        name = "api"
+        exec = "sleep 1"
+        """,
+        "web.toml:2:8: service.name: must equal the file name 'web', got 'api'",
+    ),
+    (
+        "TOML syntax error: unterminated string",
+        """
+        [service]
+        exec = "sleep 1
+        """,
+        "web.toml:2:16: TOML syntax error: illegal character '\\n'",
+    ),
+    (
+        "TOML syntax error: bad value",
+        """
+        [service]
+        exec = "sleep 1"
+        oneshot = tru
+        """,
+        "web.toml:3:11: TOML syntax error: invalid value",
+    ),
+    (
+        "TOML syntax error: duplicate key",
+        """
+        [service]
+        exec = "sleep 1"
+        exec = "sleep 2"
+        """,
+        "web.toml:3:17: TOML syntax error: cannot overwrite a value",
+    ),
+    (
+        "unknown table",
+        """
+        [service]
+        exec = "sleep 1"
+        [servce]
+        x = 1
+        """,
+        (
+            "web.toml:3:2: servce: unknown table (allowed: service, target, dependencies, lifecycle, "
+            "health, logging)"
+        ),
+    ),
+    (
+        "a table given as a plain value",
+        """
+        dependencies = 3
+        [service]
+        exec = "sleep 1"
+        """,
+        "web.toml:1:1: dependencies: expected a table",
+    ),
+    (
+        "neither service nor target",
+        """
+        [dependencies]
+        requires = []
+        """,
+        "web.toml: a unit file needs exactly one [service] or [target] table",
+    ),
+    (
+        "both service and target",
+        """
+        [service]
+        exec = "sleep 1"
+        [target]
+        """,
+        "web.toml: a unit file needs exactly one [service] or [target] table",
+    ),
+    (
+        "target with a lifecycle table",
+        """
+        [target]
+        [lifecycle]
+        restart = "never"
+        """,
+        "web.toml:2:2: lifecycle: a target has no process, so no such table",
+    ),
+    (
+        "target with a health table",
+        """
+        [target]
+        [dependencies]
+        requires = ["db"]
+        [health]
+        type = "tcp"
+        """,
+        "web.toml:4:2: health: a target has no process, so no such table",
+    ),
+    (
+        "bad health endpoint: http without a scheme",
+        """
+        [service]
+        exec = "sleep 1"
+        [health]
+        type = "http"
+        endpoint = "localhost:8080"
+        """,
+        "web.toml:5:12: health.endpoint: expected an http:// or https:// URL, got 'localhost:8080'",
+    ),
+    (
+        "bad health endpoint: tcp without a port",
+        """
+        [service]
+        exec = "sleep 1"
+        [health]
+        type = "tcp"
+        endpoint = "localhost"
+        """,
+        "web.toml:5:12: health.endpoint: expected host:port, got 'localhost'",
+    ),
+    (
+        "bad health endpoint: tcp port out of range",
+        """
+        [service]
+        exec = "sleep 1"
+        [health]
+        type = "tcp"
+        endpoint = "127.0.0.1:70000"
+        """,
+        "web.toml:5:12: health.endpoint: port out of range in '127.0.0.1:70000'",
+    ),
+    (
+        "bad health type",
+        """
+        [service]
+        exec = "sleep 1"
+        [health]
+        type = "udp"
+        """,
+        "web.toml:4:8: health.type: expected http, tcp or exec, got 'udp'",
+    ),
+    (
+        "health without a type",
+        """
+        [service]
+        exec = "sleep 1"
+        [health]
+        endpoint = "http://127.0.0.1:8080/"
+        """,
+        "web.toml:3:2: health.type: required: http, tcp or exec",
+    ),
+    (
+        "exec health without a command",
+        """
+        [service]
+        exec = "sleep 1"
+        [health]
+        type = "exec"
+        """,
+        "web.toml:3:2: health.command: required for type 'exec': a command line",
+    ),
+    (
+        "negative integer",
+        """
+        [service]
+        exec = "sleep 1"
+        [lifecycle]
+        stop_timeout_ms = -5
+        """,
+        "web.toml:4:19: lifecycle.stop_timeout_ms: expected an integer >= 0, got -5",
+    ),
+    (
+        "zero where at least one is needed",
+        """
+        [service]
+        exec = "sleep 1"
+        [logging]
+        buffer_lines = 0
+        """,
+        "web.toml:4:16: logging.buffer_lines: expected an integer >= 1, got 0",
+    ),
+    (
+        "restart delay above its maximum",
+        """
+        [service]
+        exec = "sleep 1"
+        [lifecycle]
+        restart_delay_ms = 5000
+        restart_delay_max_ms = 100
+        """,
+        "web.toml:5:24: lifecycle.restart_delay_max_ms: must be >= restart_delay_ms (5000), got 100",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"), [(t, m) for _, t, m in ERRORS], ids=[i for i, _, _ in ERRORS]
+)
+def test_config_error_message(text, message):
+    with pytest.raises(zinit.ConfigError) as caught:
+        zinit.parse_unit_text(textwrap.dedent(text).lstrip("\n"), "web.toml", "web")
+    assert str(caught.value) == message
+
+
+def test_config_error_fields():
+    text = '[service]\nexec = "sleep 1"\n\n[lifecycle]\nrestart = "allways"\n'
+    with pytest.raises(zinit.ConfigError) as caught:
+        zinit.parse_unit_text(text, "/etc/zinit/services/web.toml", "web")
+    error = caught.value
+    assert (error.path, error.key, error.line, error.col) == (
+        "/etc/zinit/services/web.toml",
+        "lifecycle.restart",
+        5,
+        11,
+    )
+    assert error.reason == "expected always, on-failure or never, got 'allways'"
+    assert error.to_dict()["message"] == str(error)
+
+
+def test_a_name_that_is_no_unit_name_is_refused():
+    with pytest.raises(zinit.ConfigError) as caught:
+        zinit.parse_unit_text('[service]\nexec = "sleep 1"\n', "../evil.toml", "../evil")
+    assert str(caught.value) == (
+        "../evil.toml: '../evil' is not a unit name (letters, digits, '_.@-', up to 64 characters)"
+    )
+
+
+# -- defaults ----------------------------------------------------------------
+
+
+def test_service_defaults():
+    config = zinit.parse_unit_text('[service]\nexec = "sleep 1"\n', "web.toml", "web")
+    assert config.name == "web"
+    assert config.kind == "service"
+    assert config.argv == ["sleep", "1"]
+    assert config.oneshot is False
+    assert config.status == "start"
+    assert config.unit_class == "user"
+    assert config.restart == "always"
+    assert config.stop_signal == signal.SIGTERM
+    assert config.stop_timeout_ms == 10_000
+    assert config.restart_delay_ms == 1_000
+    assert config.restart_delay_max_ms == 60_000
+    assert config.max_restarts == 0
+    assert config.effective_start_timeout_s() == 30.0
+    assert config.buffer_lines == 1000
+    assert config.health is None
+    assert config.requires == config.after == config.wants == config.conflicts == ()
+    assert config.critical is False
+    assert config.dir is None and config.user is None
+
+
+def test_oneshot_defaults_to_restart_never():
+    config = zinit.parse_unit_text('[service]\nexec = "true"\noneshot = true\n', "web.toml", "web")
+    assert config.restart == "never"
+    # zinit.py's documented choice: no start limit for a oneshot unless set.
+    assert config.effective_start_timeout_s() is None
+
+
+def test_oneshot_restart_can_be_set():
+    text = '[service]\nexec = "true"\noneshot = true\n[lifecycle]\nrestart = "on-failure"\n'
+    assert zinit.parse_unit_text(text, "web.toml", "web").restart == "on-failure"
+
+
+def test_health_defaults():
+    text = '[service]\nexec = "sleep 1"\n[health]\ntype = "tcp"\nendpoint = "127.0.0.1:80"\n'
+    health = zinit.parse_unit_text(text, "web.toml", "web").health
+    assert health == zinit.HealthConfig(
+        type="tcp",
+        endpoint="127.0.0.1:80",
+        command="",
+        interval_ms=10_000,
+        timeout_ms=2_000,
+        retries=3,
+    )
+
+
+def test_full_file_is_read():
+    text = """
+        [service]
+        name = "web"
+        exec = "/usr/bin/my-app --daemon 'two words'"
+        dir = "/var/lib/my-app"
+        status = "stop"
+        class = "system"
+        env = { KEY = "value", N = 3, FLAG = true }
+        critical = true
+
+        [dependencies]
+        requires = ["db", "db"]
+        after = ["migrate"]
+        wants = ["cache"]
+        conflicts = ["maintenance"]
+
+        [lifecycle]
+        restart = "on-failure"
+        stop_signal = "SIGINT"
+        start_timeout_ms = 500
+        stop_timeout_ms = 0
+        restart_delay_ms = 10
+        restart_delay_max_ms = 20
+        max_restarts = 4
+
+        [health]
+        type = "exec"
+        command = "pg_isready -q"
+        interval_ms = 100
+        timeout_ms = 50
+        retries = 1
+
+        [logging]
+        buffer_lines = 7
+    """
+    config = zinit.parse_unit_text(textwrap.dedent(text), "web.toml", "web")
+    assert config.argv == ["/usr/bin/my-app", "--daemon", "two words"]
+    assert config.dir == "/var/lib/my-app"
+    assert (config.status, config.unit_class, config.critical) == ("stop", "system", True)
+    assert dict(config.env) == {"KEY": "value", "N": "3", "FLAG": "true"}
+    assert config.requires == ("db",)  # duplicates dropped
+    assert (config.after, config.wants, config.conflicts) == (
+        ("migrate",),
+        ("cache",),
+        ("maintenance",),
+    )
+    assert config.restart == "on-failure"
+    assert config.stop_signal == signal.SIGINT
+    assert config.effective_start_timeout_s() == 0.5
+    assert (config.stop_timeout_ms, config.restart_delay_ms, config.restart_delay_max_ms) == (
+        0,
+        10,
+        20,
+    )
+    assert config.max_restarts == 4
+    assert config.health == zinit.HealthConfig(
+        type="exec", command="pg_isready -q", interval_ms=100, timeout_ms=50, retries=1
+    )
+    assert config.buffer_lines == 7
+
+
+def test_target():
+    text = '[target]\nname = "app"\n[dependencies]\nrequires = ["web", "worker"]\n'
+    config = zinit.parse_unit_text(text, "app.toml", "app")
+    assert config.kind == "target" and config.is_target
+    assert config.requires == ("web", "worker")
+    assert config.exec == ""
+
+
+@pytest.mark.parametrize("spelling", ["SIGTERM", "TERM", "sigterm", "term", "15", 15])
+def test_signal_spellings(spelling):
+    value = f'"{spelling}"' if isinstance(spelling, str) else str(spelling)
+    text = f'[service]\nexec = "sleep 1"\n[lifecycle]\nstop_signal = {value}\n'
+    assert zinit.parse_unit_text(text, "web.toml", "web").stop_signal == signal.SIGTERM
+
+
+@pytest.mark.parametrize(
+    ("spelling", "number"), [("SIGKILL", 9), ("hup", 1), ("SIGUSR1", 10), ("INT", 2), (3, 3)]
+)
+def test_other_signals(spelling, number):
+    assert zinit.parse_signal(spelling) == number
+
+
+# -- directories -------------------------------------------------------------
+
+
+def test_one_bad_file_never_stops_the_rest(tmp_path):
+    (tmp_path / "good.toml").write_text('[service]\nexec = "sleep 1"\n')
+    (tmp_path / "bad.toml").write_text('[service]\nexec = "sleep 1"\nrestat = "x"\n')
+    (tmp_path / "notes.txt").write_text("not a unit")
+    (tmp_path / "bin.toml").write_bytes(b'[service]\nexec = "\xff"\n')
+    units, errors = zinit.load_config_dir(str(tmp_path))
+    assert list(units) == ["good"]
+    assert units["good"].path == str(tmp_path / "good.toml")
+    assert sorted(errors) == ["bad", "bin"]
+    assert str(errors["bad"]) == (
+        f"{tmp_path}/bad.toml:3:1: service.restat: unknown key (allowed: name, exec, dir, "
+        "oneshot, status, class, env, user, group, critical)"
+    )
+    assert str(errors["bin"]) == (
+        f"{tmp_path}/bin.toml: not UTF-8 text (invalid start byte at byte 18)"
+    )
+
+
+def test_missing_directory_is_empty(tmp_path):
+    assert zinit.load_config_dir(str(tmp_path / "nowhere")) == ({}, {})
+
+
+def _validate(directory):
+    return subprocess.run(
+        [PYTHON, ZINIT_PY, "validate", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_validate_reports_every_problem_with_file_and_line(tmp_path):
+    (tmp_path / "a.toml").write_text(
+        '[service]\nexec = "sleep 1"\n\n[dependencies]\nrequires = ["b"]\n'
+    )
+    (tmp_path / "b.toml").write_text('[service]\nexec = "sleep 1"\n[dependencies]\nafter = ["a"]\n')
+    (tmp_path / "web.toml").write_text(
+        '[service]\nexec = "sleep 1"\n[dependencies]\nrequires = ["db"]\nwants = ["cache"]\n'
+    )
+    (tmp_path / "bad.toml").write_text('[service]\nexec = "sleep 1"\nrestat = 1\n')
+    (tmp_path / "ok.toml").write_text('[service]\nexec = "sleep 1"\n')
+    result = _validate(tmp_path)
+    assert result.returncode == 1, result
+    assert result.stdout.splitlines() == [
+        (
+            f"error: {tmp_path}/bad.toml:3:1: service.restat: unknown key (allowed: name, exec, dir, "
+            "oneshot, status, class, env, user, group, critical)"
+        ),
+        f"error: {tmp_path}/a.toml:4:2: dependencies: dependency cycle: a → b → a",
+        f"error: {tmp_path}/b.toml:3:2: dependencies: dependency cycle: b → a → b",
+        f"error: {tmp_path}/web.toml:4:12: dependencies.requires: 'db' is not defined",
+        f"warning: {tmp_path}/web.toml:5:9: dependencies.wants: 'cache' is not defined",
+        f"{tmp_path}: 4 unit(s), 4 error(s)",
+    ]
+
+
+def test_validate_a_good_directory():
+    result = _validate(ROOT / "examples")
+    assert result.returncode == 0, result
+    assert result.stdout.strip().endswith("examples: 5 unit(s), ok")
+    assert "error" not in result.stdout
+
+
+def test_validate_only_warnings_is_ok(tmp_path):
+    (tmp_path / "web.toml").write_text(
+        '[service]\nexec = "sleep 1"\n[dependencies]\nafter = ["db"]\n'
+    )
+    result = _validate(tmp_path)
+    assert result.returncode == 0, result
+    assert result.stdout.splitlines() == [
+        f"warning: {tmp_path}/web.toml:4:9: dependencies.after: 'db' is not defined",
+        f"{tmp_path}: 1 unit(s), ok",
+    ]

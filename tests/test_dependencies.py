@@ -1,0 +1,497 @@
+"""Dependencies (SPEC section 5) on a real daemon: requires, after, wants, conflicts,
+undefined units, cycles, status=stop/ignore, targets, class=system, ordered shutdown.
+
+Orders are read from the daemon's log, where every transition is one line
+``name: Old -> New (reason)`` written in the order it happened.
+"""
+
+import re
+import time
+
+from conftest import pid_alive, wait_until
+
+# Short timeouts so that stops and restarts are quick.
+QUICK = 'restart = "never"\nstop_timeout_ms = 2000\n'
+RESTARTING = 'restart = "always"\nrestart_delay_ms = 100\nstop_timeout_ms = 2000\n'
+TRANSITION = re.compile(r" zinit INFO (\S+): (\w+) -> (\w+) \(", re.MULTILINE)
+
+
+def transitions(daemon):
+    """Every state change the daemon logged, in order: [(unit, old, new), ...]."""
+    return TRANSITION.findall(daemon.log())
+
+
+def first(events, unit, new, old=None):
+    """Index of the first transition of ``unit`` into ``new`` (from ``old``, if given)."""
+    for index, (name, frm, to) in enumerate(events):
+        if name == unit and to == new and (old is None or frm == old):
+            return index
+    raise AssertionError(f"no {unit}: {old or '*'} -> {new} in {events}")
+
+
+def gated(daemon, name, flag):
+    """A service that stays Starting until ``flag`` exists (an exec health check)."""
+    return daemon.service(
+        name,
+        "sleep 1000",
+        lifecycle='restart = "never"\nstart_timeout_ms = 60000\nstop_timeout_ms = 2000\n',
+        health=f'type = "exec"\ncommand = "test -f {flag}"\ninterval_ms = 50\n',
+    )
+
+
+def reason_of(daemon, name, text):
+    """Wait until the unit's reason contains ``text``; return its status."""
+
+    def found():
+        unit = daemon.status(name)
+        return unit if text in unit["reason"] else None
+
+    return wait_until(found, what=f"{text!r} in the reason of {name}")
+
+
+# -- requires ----------------------------------------------------------------
+
+
+def test_requires_waits_for_running(daemon, tmp_path):
+    flag = tmp_path / "b-ready"
+    gated(daemon, "b", flag)
+    daemon.service("a", "sleep 1000", lifecycle=QUICK, dependencies='requires = ["b"]\n')
+    daemon.start()
+    daemon.wait_state("b", "Starting")
+    blocked = reason_of(daemon, "a", "waiting for 'b'")
+    assert blocked["state"] == "Blocked"
+    assert blocked["pid"] is None
+    flag.touch()
+    daemon.wait_state("a", "Running")
+    events = transitions(daemon)
+    assert first(events, "b", "Running") < first(events, "a", "Running")
+
+
+def test_requires_a_oneshot_waits_for_its_success(daemon, tmp_path, python):
+    flag = tmp_path / "go"
+    daemon.service(
+        "b",
+        f"sh -c 'while [ ! -f {flag} ]; do sleep 0.05; done'",
+        service="oneshot = true\n",
+        lifecycle=QUICK,
+    )
+    daemon.service("a", "sleep 1000", lifecycle=QUICK, dependencies='requires = ["b"]\n')
+    daemon.start()
+    daemon.wait_state("b", "Starting")
+    assert reason_of(daemon, "a", "waiting for 'b'")["state"] == "Blocked"
+    flag.touch()
+    daemon.wait_state("a", "Running")
+    b = daemon.status("b")
+    assert b["state"] == "Exited" and b["exit_code"] == 0
+    events = transitions(daemon)
+    assert first(events, "b", "Exited") < first(events, "a", "Running")
+
+
+def test_requires_a_failed_unit_stays_blocked(daemon):
+    daemon.service("b", "sh -c 'exit 3'", service="oneshot = true\n", lifecycle=QUICK)
+    daemon.service("a", "sleep 1000", lifecycle=QUICK, dependencies='requires = ["b"]\n')
+    daemon.start()
+    assert daemon.wait_state("b", "Failed")["exit_code"] == 3
+    a = reason_of(daemon, "a", "which is Failed")
+    assert a["state"] == "Blocked"
+    assert a["reason"] == "requires 'b', which is Failed (exited with code 3)"
+    why = daemon.cli("why", "a")
+    assert why.returncode == 0, why.stderr
+    assert "a is Blocked: requires 'b', which is Failed (exited with code 3)" in why.stdout
+    assert "requires b: Failed (exited with code 3)" in why.stdout
+    assert daemon.call("why", name="a")["blocked_by"] == a["reason"]
+    assert daemon.status("a")["state"] == "Blocked"  # still, not Failed
+
+
+def test_stop_cascades_to_dependents_first(daemon):
+    daemon.service("b", "sleep 1000", lifecycle=QUICK)
+    daemon.service("a", "sleep 1000", lifecycle=QUICK, dependencies='requires = ["b"]\n')
+    daemon.start()
+    a_pid = daemon.wait_state("a", "Running")["pid"]
+    daemon.wait_state("b", "Running")
+    result = daemon.cli("stop", "b")
+    assert result.returncode == 0, result.stderr
+    a = daemon.status("a")
+    assert a["state"] == "Exited"
+    assert a["reason"].startswith("stopped because it requires 'b', which is stopping")
+    assert daemon.status("b")["state"] == "Exited"
+    assert not pid_alive(a_pid)
+    events = transitions(daemon)
+    assert first(events, "a", "Exited") < first(events, "b", "Stopping", old="Running")
+
+
+def test_stop_cascade_is_transitive(daemon):
+    daemon.service("a", "sleep 1000", lifecycle=QUICK)
+    daemon.service("b", "sleep 1000", lifecycle=QUICK, dependencies='requires = ["a"]\n')
+    daemon.service("c", "sleep 1000", lifecycle=QUICK, dependencies='requires = ["b"]\n')
+    daemon.service("free", "sleep 1000", lifecycle=QUICK)
+    daemon.start()
+    for name in "abc":
+        daemon.wait_state(name, "Running")
+    free_pid = daemon.wait_state("free", "Running")["pid"]
+    assert daemon.cli("stop", "a").returncode == 0
+    assert [daemon.status(n)["state"] for n in "abc"] == ["Exited"] * 3
+    assert daemon.status("free")["pid"] == free_pid
+    events = transitions(daemon)
+    assert first(events, "c", "Exited") < first(events, "b", "Stopping")
+    assert first(events, "b", "Exited") < first(events, "a", "Stopping")
+
+
+def test_a_crash_that_the_required_unit_restarts_from_does_not_stop_dependents(daemon):
+    daemon.service("b", "sleep 1000", lifecycle=RESTARTING)
+    daemon.service("a", "sleep 1000", lifecycle=QUICK, dependencies='requires = ["b"]\n')
+    daemon.start()
+    a_pid = daemon.wait_state("a", "Running")["pid"]
+    b_pid = daemon.wait_state("b", "Running")["pid"]
+    assert daemon.cli("kill", "b", "SIGKILL").returncode == 0
+    wait_until(lambda: daemon.status("b")["restarts"] == 1, what="b to restart")
+    b = daemon.wait_state("b", "Running")
+    assert b["pid"] != b_pid
+    a = daemon.status("a")
+    assert a["state"] == "Running" and a["pid"] == a_pid
+    assert pid_alive(a_pid)
+    assert ("a", "Running", "Stopping") not in transitions(daemon)
+
+
+def test_restart_restarts_the_units_that_require_it(daemon):
+    daemon.service("b", "sleep 1000", lifecycle=QUICK)
+    daemon.service("a", "sleep 1000", lifecycle=QUICK, dependencies='requires = ["b"]\n')
+    daemon.service("c", "sleep 1000", lifecycle=QUICK, dependencies='requires = ["a"]\n')
+    daemon.service("other", "sleep 1000", lifecycle=QUICK)
+    daemon.start()
+    before = {n: daemon.wait_state(n, "Running")["pid"] for n in ("a", "b", "c", "other")}
+    result = daemon.cli("restart", "b")
+    assert result.returncode == 0, result.stderr
+    after = {n: daemon.wait_state(n, "Running")["pid"] for n in ("a", "b", "c", "other")}
+    for name in ("a", "b", "c"):
+        assert after[name] != before[name], name
+        assert not pid_alive(before[name])
+    assert after["other"] == before["other"]
+
+
+# -- after -------------------------------------------------------------------
+
+
+def test_after_orders_a_joint_start(daemon, tmp_path):
+    flag = tmp_path / "b-ready"
+    gated(daemon, "b", flag)
+    daemon.service("a", "sleep 1000", lifecycle=QUICK, dependencies='after = ["b"]\n')
+    daemon.start()
+    daemon.wait_state("b", "Starting")
+    a = reason_of(daemon, "a", "waiting for 'b' to start first")
+    assert a["state"] == "Blocked"
+    flag.touch()
+    daemon.wait_state("a", "Running")
+    events = transitions(daemon)
+    assert first(events, "b", "Running") < first(events, "a", "Running")
+
+
+def test_after_never_pulls_the_other_unit_in(daemon):
+    daemon.service("b", "sleep 1000", lifecycle=QUICK, service='status = "stop"\n')
+    daemon.service("a", "sleep 1000", lifecycle=QUICK, dependencies='after = ["b"]\n')
+    daemon.start()
+    daemon.wait_state("a", "Running")
+    assert daemon.cli("stop", "a").returncode == 0
+    assert daemon.cli("start", "a").returncode == 0
+    daemon.wait_state("a", "Running")
+    assert daemon.status("b")["state"] == "Inactive"
+    assert not any(name == "b" for name, _, _ in transitions(daemon))
+
+
+# -- wants -------------------------------------------------------------------
+
+
+def test_wants_pulls_the_other_unit_in(daemon):
+    daemon.service("b", "sleep 1000", lifecycle=QUICK, service='status = "stop"\n')
+    daemon.service(
+        "a",
+        "sleep 1000",
+        lifecycle=QUICK,
+        service='status = "stop"\n',
+        dependencies='wants = ["b"]\n',
+    )
+    daemon.start()
+    assert daemon.status("b")["state"] == "Inactive"
+    assert daemon.cli("start", "a").returncode == 0
+    daemon.wait_state("a", "Running")
+    b = daemon.wait_state("b", "Running")
+    assert b["reason"].startswith("pulled in by 'a'")
+
+
+def test_wants_waits_for_the_wanted_start_to_settle(daemon, tmp_path):
+    flag = tmp_path / "b-ready"
+    gated(daemon, "b", flag)
+    daemon.service("a", "sleep 1000", lifecycle=QUICK, dependencies='wants = ["b"]\n')
+    daemon.start()
+    daemon.wait_state("b", "Starting")
+    a = reason_of(daemon, "a", "waiting for wanted 'b' to settle")
+    assert a["state"] == "Blocked"
+    flag.touch()
+    daemon.wait_state("a", "Running")
+    events = transitions(daemon)
+    assert first(events, "b", "Running") < first(events, "a", "Running")
+
+
+def test_a_wanted_unit_failing_does_not_block(daemon):
+    daemon.service("b", "sh -c 'exit 4'", service="oneshot = true\n", lifecycle=QUICK)
+    daemon.service("a", "sleep 1000", lifecycle=QUICK, dependencies='wants = ["b"]\n')
+    daemon.start()
+    daemon.wait_state("a", "Running")
+    assert daemon.wait_state("b", "Failed")["exit_code"] == 4
+    events = transitions(daemon)
+    assert first(events, "b", "Failed") < first(events, "a", "Running")
+
+
+# -- conflicts ---------------------------------------------------------------
+
+
+def test_conflicts_starting_one_stops_the_other_both_ways(daemon):
+    daemon.service("b", "sleep 1000", lifecycle=QUICK)
+    daemon.service(
+        "a",
+        "sleep 1000",
+        lifecycle=QUICK,
+        service='status = "stop"\n',
+        dependencies='conflicts = ["b"]\n',
+    )
+    daemon.start()
+    b_pid = daemon.wait_state("b", "Running")["pid"]
+    assert daemon.status("a")["state"] == "Inactive"
+
+    assert daemon.cli("start", "a").returncode == 0
+    daemon.wait_state("a", "Running")
+    b = daemon.wait_state("b", "Exited")
+    assert "conflicts with 'a'" in b["reason"]
+    assert not pid_alive(b_pid)
+
+    a_pid = daemon.status("a")["pid"]
+    assert daemon.cli("start", "b").returncode == 0  # declared on a only: still applies
+    daemon.wait_state("b", "Running")
+    a = daemon.wait_state("a", "Exited")
+    assert "conflicts with 'b'" in a["reason"]
+    assert not pid_alive(a_pid)
+    events = transitions(daemon)
+    assert first(events, "b", "Exited") < first(events, "a", "Running")
+    assert first(events, "a", "Exited") < first(events, "b", "Running", old="Exited")
+
+
+def test_conflicts_at_boot_the_first_by_name_starts(daemon):
+    daemon.service("alpha", "sleep 1000", lifecycle=QUICK)
+    daemon.service("beta", "sleep 1000", lifecycle=QUICK, dependencies='conflicts = ["alpha"]\n')
+    daemon.start()
+    daemon.wait_state("alpha", "Running")
+    beta = reason_of(daemon, "beta", "conflicts")
+    assert beta["state"] == "Inactive"
+    assert (
+        beta["reason"] == "not started at boot: conflicts with 'alpha', which starts first by name"
+    )
+    why = daemon.cli("why", "beta")
+    assert "beta is Inactive: not started at boot: conflicts with 'alpha'" in why.stdout
+
+
+# -- undefined units ---------------------------------------------------------
+
+
+def test_undefined_requirement_blocks_until_added(daemon):
+    daemon.service("web", "sleep 1000", lifecycle=QUICK, dependencies='requires = ["db"]\n')
+    daemon.start()
+    web = reason_of(daemon, "web", "not defined")
+    assert web["state"] == "Blocked"
+    assert web["reason"] == "requires 'db', which is not defined"
+    assert "web is Blocked: requires 'db', which is not defined" in daemon.cli("why", "web").stdout
+    result = daemon.cli("add-service", '[service]\nname = "db"\nexec = "sleep 1000"\n')
+    assert result.returncode == 0, result.stderr
+    daemon.wait_state("db", "Running")
+    daemon.wait_state("web", "Running")
+
+
+def test_undefined_requirement_blocks_until_reload(daemon):
+    daemon.service("web", "sleep 1000", lifecycle=QUICK, dependencies='requires = ["db"]\n')
+    daemon.start()
+    reason_of(daemon, "web", "requires 'db', which is not defined")
+    daemon.service("db", "sleep 1000", lifecycle=QUICK)
+    result = daemon.cli("reload")
+    assert result.returncode == 0, result.stderr
+    daemon.wait_state("db", "Running")
+    daemon.wait_state("web", "Running")
+
+
+def test_undefined_wanted_or_after_unit_is_only_a_warning(daemon):
+    daemon.service(
+        "web",
+        "sleep 1000",
+        lifecycle=QUICK,
+        dependencies='wants = ["cache"]\nafter = ["migrate"]\n',
+    )
+    daemon.start()
+    web = daemon.wait_state("web", "Running")
+    assert web["warnings"] == [
+        "wants 'cache', which is not defined",
+        "after 'migrate', which is not defined",
+    ]
+    assert daemon.call("why", name="web")["warnings"] == web["warnings"]
+    status = daemon.cli("status", "web")
+    assert "warning:  wants 'cache', which is not defined" in status.stdout
+
+
+# -- cycles ------------------------------------------------------------------
+
+
+def test_cycle_blocks_its_members_and_the_rest_starts(daemon):
+    daemon.service("a", "sleep 1000", lifecycle=QUICK, dependencies='requires = ["b"]\n')
+    daemon.service("b", "sleep 1000", lifecycle=QUICK, dependencies='requires = ["a"]\n')
+    daemon.service("c", "sleep 1000", lifecycle=QUICK)
+    daemon.start()
+    daemon.wait_state("c", "Running")
+    a = reason_of(daemon, "a", "cycle")
+    b = reason_of(daemon, "b", "cycle")
+    assert (a["state"], a["reason"]) == ("Blocked", "dependency cycle: a → b → a")
+    assert (b["state"], b["reason"]) == ("Blocked", "dependency cycle: b → a → b")
+    assert daemon.call("why", name="a")["cycle"] == "a → b → a"
+    assert "cycle: a → b → a" in daemon.cli("why", "a").stdout
+    assert daemon.proc.poll() is None
+
+
+# -- status=stop / status=ignore ----------------------------------------------
+
+
+def test_status_stop_units_are_pulled_in_by_requires(daemon):
+    daemon.service("db", "sleep 1000", lifecycle=QUICK, service='status = "stop"\n')
+    daemon.service("lonely", "sleep 1000", lifecycle=QUICK, service='status = "stop"\n')
+    daemon.service("web", "sleep 1000", lifecycle=QUICK, dependencies='requires = ["db"]\n')
+    daemon.start()
+    daemon.wait_state("web", "Running")
+    db = daemon.wait_state("db", "Running")
+    assert db["status"] == "stop"
+    assert db["reason"].startswith("pulled in by 'web'")
+    assert daemon.status("lonely")["state"] == "Inactive"
+
+
+def test_status_ignore_units_are_never_started(daemon):
+    daemon.service("x", "sleep 1000", lifecycle=QUICK, service='status = "ignore"\n')
+    daemon.service("web", "sleep 1000", lifecycle=QUICK, dependencies='requires = ["x"]\n')
+    daemon.service("ok", "sleep 1000", lifecycle=QUICK, dependencies='wants = ["x"]\n')
+    daemon.start()
+    daemon.wait_state("ok", "Running")
+    web = reason_of(daemon, "web", "status=ignore")
+    assert (web["state"], web["reason"]) == ("Blocked", "requires 'x', which has status=ignore")
+    result = daemon.cli("start", "x")
+    assert result.returncode == 1
+    assert "'x' has status=ignore: zinit never starts it" in result.stderr
+    assert daemon.cli("restart", "x").returncode == 1
+    assert daemon.cli("start-all").returncode == 0
+    assert daemon.status("x")["state"] == "Inactive"
+    assert daemon.status("x")["pid"] is None
+
+
+# -- targets -----------------------------------------------------------------
+
+
+def test_target_is_running_when_everything_required_is_up(daemon, tmp_path):
+    flag = tmp_path / "web-ready"
+    gated(daemon, "web", flag)
+    daemon.service("migrate", "true", service="oneshot = true\n", lifecycle=QUICK)
+    daemon.write("app", '[target]\n[dependencies]\nrequires = ["web", "migrate"]\n')
+    daemon.start()
+    daemon.wait_state("migrate", "Exited")
+    app = reason_of(daemon, "app", "waiting for 'web'")
+    assert app["state"] == "Blocked"
+    assert app["kind"] == "target" and app["pid"] is None
+    flag.touch()
+    app = daemon.wait_state("app", "Running")
+    assert app["pid"] is None
+    events = transitions(daemon)
+    assert first(events, "web", "Running") < first(events, "app", "Running")
+    # stopping what it requires takes the target down first
+    assert daemon.cli("stop", "web").returncode == 0
+    assert daemon.status("app")["state"] == "Exited"
+
+
+# -- class=system ------------------------------------------------------------
+
+
+def test_system_units_are_skipped_by_the_bulk_commands(daemon):
+    stopped = 'status = "stop"\n'
+    daemon.service("usr", "sleep 1000", lifecycle=QUICK, service=stopped)
+    sys_path = daemon.service(
+        "sys", "sleep 1000", lifecycle=QUICK, service=stopped + 'class = "system"\n'
+    )
+    daemon.start()
+    result = daemon.cli("--json", "start-all")
+    assert result.returncode == 0, result.stderr
+    assert '"sys"' not in result.stdout and '"usr"' in result.stdout
+    daemon.wait_state("usr", "Running")
+    assert daemon.status("sys")["state"] == "Inactive"
+
+    assert daemon.cli("start", "sys").returncode == 0
+    sys_pid = daemon.wait_state("sys", "Running")["pid"]
+    assert daemon.cli("stop-all").returncode == 0
+    assert daemon.status("usr")["state"] == "Exited"
+    assert daemon.status("sys")["pid"] == sys_pid
+
+    result = daemon.cli("delete-all")
+    assert result.returncode == 0, result.stderr
+    assert [unit["name"] for unit in daemon.call("list")] == ["sys"]
+    assert not (daemon.config_dir / "usr.toml").exists()
+    assert sys_path.exists()
+    assert daemon.status("sys")["pid"] == sys_pid
+
+
+# -- shutdown ----------------------------------------------------------------
+
+
+def test_ordered_shutdown_dependents_first_user_before_system(daemon):
+    daemon.service("a", "sleep 1000", lifecycle=QUICK)
+    daemon.service("b", "sleep 1000", lifecycle=QUICK, dependencies='requires = ["a"]\n')
+    daemon.service("c", "sleep 1000", lifecycle=QUICK, dependencies='requires = ["b"]\n')
+    daemon.service("s", "sleep 1000", lifecycle=QUICK, service='class = "system"\n')
+    daemon.start()
+    pids = [daemon.wait_state(name, "Running")["pid"] for name in ("a", "b", "c", "s")]
+    assert daemon.stop() == 0
+    for pid in pids:
+        assert not pid_alive(pid)
+    events = transitions(daemon)
+    assert first(events, "c", "Exited") < first(events, "b", "Stopping")
+    assert first(events, "b", "Exited") < first(events, "a", "Stopping")
+    assert first(events, "a", "Exited") < first(events, "s", "Stopping")
+
+
+# -- parallel ----------------------------------------------------------------
+
+
+def test_independent_units_start_in_parallel(daemon):
+    """20 oneshots of 1 s each: in series that is 20 s; in parallel about one."""
+    count = 20
+    for index in range(count):
+        daemon.service(f"job{index:02d}", "sleep 1", service="oneshot = true\n", lifecycle=QUICK)
+    names = ", ".join(f'"job{index:02d}"' for index in range(count))
+    daemon.write("all", f"[target]\n[dependencies]\nrequires = [{names}]\n")
+    began = time.monotonic()
+    daemon.start()
+    daemon.wait_state("all", "Running", timeout=60)
+    elapsed = time.monotonic() - began
+    for unit in daemon.call("list"):
+        if unit["name"] != "all":
+            assert (unit["state"], unit["exit_code"]) == ("Exited", 0), unit
+    assert elapsed < count / 2, f"took {elapsed:.1f}s: not in parallel"
+
+
+def test_independent_units_stop_in_parallel(daemon):
+    """10 units that each take 1 s to stop: stop-all takes about one second, not ten."""
+    count = 10
+    slow_stop = "sh -c 'trap \"sleep 1; exit 0\" TERM; while :; do sleep 0.1; done'"
+    for index in range(count):
+        daemon.service(
+            f"slow{index}", slow_stop, lifecycle='restart = "never"\nstop_timeout_ms = 8000\n'
+        )
+    daemon.start()
+    for index in range(count):
+        daemon.wait_state(f"slow{index}", "Running")
+    began = time.monotonic()
+    result = daemon.cli("stop-all")
+    elapsed = time.monotonic() - began
+    assert result.returncode == 0, result.stderr
+    for index in range(count):
+        unit = daemon.status(f"slow{index}")
+        assert (unit["state"], unit["exit_code"]) == ("Exited", 0), unit
+    assert 1.0 <= elapsed < count / 2, f"took {elapsed:.1f}s: not in parallel"
