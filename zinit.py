@@ -911,15 +911,21 @@ def pulled_in(names: list[str], units: dict[str, UnitConfig]) -> list[str]:
     Undefined names are left out (the gate reports them); ``status=ignore``
     units are never pulled in.  Order: breadth-first from the given names.
     """
-    seen = dict.fromkeys(name for name in names if name in units)
-    queue = collections.deque(seen)
+    return list(pulled_in_from(names, units))
+
+
+def pulled_in_from(names: list[str], units: dict[str, UnitConfig]) -> dict[str, str]:
+    """Like pulled_in, mapping each unit to the given name that pulled it in."""
+    origin = {name: name for name in names if name in units}
+    queue = collections.deque(origin)
     while queue:
-        config = units[queue.popleft()]
+        member = queue.popleft()
+        config = units[member]
         for target in config.requires + config.wants:
-            if target in units and target not in seen and units[target].status != "ignore":
-                seen[target] = None
+            if target in units and target not in origin and units[target].status != "ignore":
+                origin[target] = origin[member]
                 queue.append(target)
-    return list(seen)
+    return origin
 
 
 def stop_waits(names: set[str], units: dict[str, UnitConfig]) -> dict[str, set[str]]:
@@ -1634,36 +1640,33 @@ def _cmd_start(args: argparse.Namespace, out: _Output) -> int:
 
 def _start_and_wait(client: ZinitClient, args: argparse.Namespace, out: _Output) -> int:
     """Start a unit, print the state changes, and return 0 once it is up."""
+
+    def show(message: dict[str, Any]) -> None:
+        if message.get("method") == "event" and not out.as_json:
+            _print_event(out, message["params"])
+
     client.call("events.subscribe")
-    client.start(args.name)
-    deadline = None if args.timeout is None else time.monotonic() + args.timeout
-    unit = client.status(args.name)
+    # The daemon answers once the unit has acted on the start, so the status
+    # read next belongs to this attempt, not to an earlier run.
+    client.call("start", {"name": args.name}, on_notification=show)
+    unit = client.call("status", {"name": args.name}, on_notification=show)
     verdict = _start_verdict(unit)
     if verdict is None:
-        if deadline is not None:
-            client._sock.settimeout(max(0.0, deadline - time.monotonic()))
+        if args.timeout is not None:
+            client._sock.settimeout(args.timeout)
         try:
             for message in client.notifications():
-                if message.get("method") != "event":
+                show(message)
+                event = message.get("params", {})
+                if message.get("method") != "event" or event.get("unit") != args.name:
                     continue
-                event = message["params"]
-                _print_event(out, event)
-                if event["unit"] == args.name:
-                    unit = {
-                        "state": event["to"],
-                        "reason": event["reason"],
-                        "oneshot": unit.get("oneshot"),
-                        "exit_code": None,
-                    }
-                    if event["to"] == "Exited":
-                        unit = client.status(args.name)
-                    verdict = _start_verdict(unit)
-                    if verdict is not None:
-                        break
+                unit = client.call("status", {"name": args.name}, on_notification=show)
+                verdict = _start_verdict(unit)
+                if verdict is not None:
+                    break
         except TimeoutError:
             verdict = False
             print(f"zinit: {args.name} is not up after {args.timeout:g}s", file=sys.stderr)
-    unit = client.status(args.name)
     if out.as_json:
         out.json(unit)
     elif verdict:
@@ -2210,9 +2213,12 @@ def _read_pipe(runtime: _Runtime, fd: int, ring: LogRing, stream: str) -> None:
             if b"\n" in chunk:
                 complete, _, pending = pending.rpartition(b"\n")
                 ring.extend(stream, _split_lines(complete))
-            if len(pending) >= MAX_LOG_LINE_BYTES:
-                ring.extend(stream, _split_lines(pending))
-                pending = b""
+            if len(pending) > MAX_LOG_LINE_BYTES:
+                # Cut whole 64 KiB pieces off a line that is still growing; keep
+                # the rest (at least one byte) for the next read.
+                cut = (len(pending) - 1) // MAX_LOG_LINE_BYTES * MAX_LOG_LINE_BYTES
+                ring.extend(stream, _split_lines(pending[:cut]))
+                pending = pending[cut:]
         if pending:
             ring.extend(stream, _split_lines(pending))
     finally:
@@ -2278,7 +2284,8 @@ class _Cgroups:
         self.root: str | None = None
         if own is None:
             return
-        root = os.path.join(own, f"zinit-{os.getpid()}")
+        # zinit-pid1 names the root, so that it can clean up after a crashed server.
+        root = os.environ.get("ZINIT_CGROUP_ROOT") or os.path.join(own, f"zinit-{os.getpid()}")
         try:
             os.makedirs(root, exist_ok=True)
         except OSError as error:
@@ -2342,13 +2349,24 @@ class _Cgroups:
                 pass
 
     def close(self) -> None:
-        if self.root is None:
+        self.remove_tree(self.root)
+
+    @staticmethod
+    def remove_tree(root: str | None) -> None:
+        """Remove an emptied per-daemon cgroup directory and its leaves."""
+        if root is None or not os.path.isdir(root):
             return
-        for entry in os.listdir(self.root):
-            path = os.path.join(self.root, entry)
+        for entry in os.listdir(root):
+            path = os.path.join(root, entry)
             if os.path.isdir(path):
-                self.remove(path)
-        self.remove(self.root)
+                try:
+                    os.rmdir(path)
+                except OSError:
+                    pass
+        try:
+            os.rmdir(root)
+        except OSError:
+            pass
 
 
 def _service_environment(config: UnitConfig) -> dict[str, str]:
@@ -2442,7 +2460,11 @@ def _spawn_service(config: UnitConfig, cgroups: _Cgroups, leaf: str | None) -> t
 
 
 def _signal_tree(pgid: int | None, leaf: str | None, signum: int) -> None:
-    """Send ``signum`` to a process group and to every process of a cgroup leaf."""
+    """Send ``signum`` once to every process of a group and of a cgroup leaf.
+
+    Members of the group are skipped in the leaf pass: a second SIGTERM is
+    "quit now" to many programs, and realtime signals would be counted twice.
+    """
     if pgid is not None:
         try:
             os.killpg(pgid, signum)
@@ -2450,7 +2472,8 @@ def _signal_tree(pgid: int | None, leaf: str | None, signum: int) -> None:
             pass
     for pid in _Cgroups.pids(leaf):
         try:
-            os.kill(pid, signum)
+            if pgid is None or os.getpgid(pid) != pgid:
+                os.kill(pid, signum)
         except (ProcessLookupError, PermissionError):
             pass
 
@@ -2614,6 +2637,7 @@ def _probe_exec(runtime: _Runtime, command: str) -> tuple[bool, str]:
 class _Start:
     reason: str
     by_hand: bool = False
+    handled: Any = None  # gevent.event.Event set once the unit has acted on it
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -2706,9 +2730,14 @@ class Service:
     def post(self, message: object) -> None:
         self._mailbox.put(message)
 
-    def request_start(self, reason: str, *, by_hand: bool = False) -> None:
+    def request_start(self, reason: str, *, by_hand: bool = False) -> Any:
+        """Ask the unit to start; returns an Event set once it has acted on that."""
+        import gevent.event
+
+        handled = gevent.event.Event()
         self.wanted = True
-        self.post(_Start(reason, by_hand))
+        self.post(_Start(reason, by_hand, handled))
+        return handled
 
     def request_stop(self, reason: str) -> Any:
         """Ask the unit to stop; returns an Event set once it is at rest."""
@@ -2824,7 +2853,10 @@ class Service:
     def _handle(self, message: object) -> None:
         match message:
             case _Start():
-                self._on_start(message)
+                try:
+                    self._on_start(message)
+                finally:
+                    message.handled.set()
             case _Stop():
                 self._on_stop(message)
             case _ChildExited():
@@ -3462,19 +3494,29 @@ class Supervisor:
                 )
                 continue
             chosen.append(name)
-        for name in chosen:
-            self.start(name, reason="status=start at boot")
+        self.start_many(chosen, reason="status=start at boot")
 
     def start(
         self, name: str, *, reason: str = "started by request", by_hand: bool = False
     ) -> None:
         """Start a unit and pull in what it requires or wants; stop its conflicts first."""
+        self.start_many([name], reason=reason, by_hand=by_hand)
+
+    def start_many(
+        self, names: list[str], *, reason: str = "started by request", by_hand: bool = False
+    ) -> None:
+        """Start units together, then return once each named one has acted on it.
+
+        All starts are posted before any is waited for, so that ``after``
+        ordering sees every unit of the batch as starting.
+        """
         if self.shutting_down:
             raise UnitStateError("the daemon is shutting down")
-        self.unit(name)
-        if self.configs[name].status == "ignore":
-            raise UnitStateError(f"{name!r} has status=ignore: zinit never starts it")
-        closure = pulled_in([name], self.configs)
+        for name in names:
+            self.unit(name)
+            if self.configs[name].status == "ignore":
+                raise UnitStateError(f"{name!r} has status=ignore: zinit never starts it")
+        closure = pulled_in_from(names, self.configs)
         rivals = {
             rival
             for member in closure
@@ -3482,12 +3524,18 @@ class Supervisor:
             if rival in self.units and rival not in closure and self.units[rival].is_active()
         }
         if rivals:
-            self.stop_units(rivals, f"stopped: conflicts with {name!r}")
+            self.stop_units(rivals, f"stopped: conflicts with {', '.join(map(repr, names))}")
+        named = set(names)
+        handled = []
         for member in closure:
-            if member != name and self.units[member].is_up():
+            if member not in named and self.units[member].is_up():
                 continue  # a finished oneshot stays done when something pulls it in again
-            why = reason if member == name else f"pulled in by {name!r}"
-            self.units[member].request_start(why, by_hand=by_hand and member == name)
+            why = reason if member in named else f"pulled in by {closure[member]!r}"
+            event = self.units[member].request_start(why, by_hand=by_hand and member in named)
+            if member in named:
+                handled.append(event)
+        for event in handled:
+            event.wait()
 
     def stop_units(self, names: set[str] | list[str], reason: str) -> None:
         """Stop units, and first every unit that requires them (transitively).
@@ -3535,8 +3583,8 @@ class Supervisor:
         ]
         self.stop_units({name}, "restarting")
         self.start(name, reason="restarted by request", by_hand=True)
-        for dependent in dependents:
-            self.start(dependent, reason=f"restarted with {name!r}")
+        if dependents:
+            self.start_many(dependents, reason=f"restarted with {name!r}")
 
     def start_all(self) -> list[str]:
         names = [
@@ -3544,8 +3592,7 @@ class Supervisor:
             for n, c in sorted(self.configs.items())
             if c.unit_class == "user" and c.status != "ignore"
         ]
-        for name in names:
-            self.start(name, by_hand=True)
+        self.start_many(names, by_hand=True)
         return names
 
     def stop_all(self) -> list[str]:
@@ -3658,10 +3705,9 @@ class Supervisor:
                 for n in changed
                 if n not in restarting and new[n].status == "start" and old[n].status != "start"
             ]
-            if not self.shutting_down:
-                for name in to_start:
-                    if self.configs[name].status != "ignore":
-                        self.start(name, reason="reload")
+            to_start = [n for n in to_start if self.configs[n].status != "ignore"]
+            if to_start and not self.shutting_down:
+                self.start_many(to_start, reason="reload")
             self._notify_all()
         for name, error in errors.items():
             _log().error("reload: %s", error)
@@ -3904,6 +3950,13 @@ class _RpcServer:
             return _error_reply(
                 request_id, INVALID_REQUEST, 'expected "jsonrpc": "2.0" and a method'
             ), None
+        reply, follow = self._call_method(request, connection)
+        if "id" not in request:
+            return None, follow  # JSON-RPC 2.0 §4.1: never reply to a notification
+        return reply, follow
+
+    def _call_method(self, request: dict[str, Any], connection: _Connection) -> tuple[Any, Any]:
+        request_id = request.get("id")
         method = _METHOD_TABLE.get(request["method"])
         if method is None:
             return _error_reply(
@@ -3920,12 +3973,9 @@ class _RpcServer:
         except Exception as error:  # noqa: BLE001 - one bad request must not end the connection
             _log().exception("rpc %s failed", method.name)
             return _error_reply(request_id, INTERNAL_ERROR, f"internal error: {error!r}"), None
-        follow = None
         if isinstance(result, _Stream):
-            result, follow = result.result, result.follow
-        if "id" not in request:
-            return None, follow  # a notification gets no reply
-        return {"jsonrpc": "2.0", "id": request_id, "result": result}, follow
+            return {"jsonrpc": "2.0", "id": request_id, "result": result.result}, result.follow
+        return {"jsonrpc": "2.0", "id": request_id, "result": result}, None
 
     # -- handlers: one per entry of _METHODS --------------------------------
 
@@ -4212,6 +4262,7 @@ def server_main(argv: list[str] | None = None) -> int:
         server.listen()
     except (ZinitError, OSError) as error:
         print(f"zinit-server: {error}", file=sys.stderr)
+        supervisor.cgroups.close()
         return 1
     _raise_fd_limit()
 
@@ -4332,12 +4383,18 @@ class _Pid1:
         self.server: int | None = None
         self.action: str | None = None  # "exit", "poweroff" or "reboot"
         self.status_read: int | None = None
+        self.cgroup_root: str | None = None
         self.restart_delay_s = 1.0
 
     def spawn_server(self) -> None:
         read, write = os.pipe()
         os.set_inheritable(write, True)
         env = dict(os.environ, ZINIT_PID1_PID=str(os.getpid()), ZINIT_PID1_STATUS_FD=str(write))
+        own = _own_cgroup_dir()
+        # A random name: shims in different PID namespaces may all be pid 1.
+        self.cgroup_root = os.path.join(own, f"zinit-{os.urandom(6).hex()}") if own else None
+        if self.cgroup_root:
+            env["ZINIT_CGROUP_ROOT"] = self.cgroup_root
         if self.container:
             env["ZINIT_CONTAINER"] = "1"
         self.server = os.posix_spawn(self.server_argv[0], self.server_argv, env, setsigmask=())
@@ -4393,10 +4450,7 @@ class _Pid1:
 
     def kill_orphans(self, server_pid: int) -> None:
         """End the services a crashed server left behind (tagged with its pid)."""
-        own = _own_cgroup_dir()
-        if own is not None:
-            root = os.path.join(own, f"zinit-{server_pid}")
-            _Cgroups.kill_all(root)
+        _Cgroups.kill_all(self.cgroup_root)
         tag = f"ZINIT_SERVER_PID={server_pid}".encode()
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
@@ -4477,6 +4531,7 @@ def pid1_main(argv: list[str] | None = None) -> int:
             if info is not None and info.si_signo != signal.SIGCHLD:
                 shim.on_signal(info.si_signo)
             shim.reap()
+        _Cgroups.remove_tree(shim.cgroup_root)
         if shim.action is not None:
             return shim.finish(0)
         shim.restart_delay_s = min(shim.restart_delay_s * 2, 30.0)

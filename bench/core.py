@@ -25,7 +25,7 @@ import psutil
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-import zinit  # noqa: E402
+import zinit
 
 ZINIT_PY = str(ROOT / "zinit.py")
 
@@ -49,7 +49,15 @@ class Daemon:
     def launch(self) -> float:
         started = time.monotonic()
         self.proc = subprocess.Popen(
-            [sys.executable, ZINIT_PY, "server", "--config-dir", self.config_dir, "--socket", self.socket],
+            [
+                sys.executable,
+                ZINIT_PY,
+                "server",
+                "--config-dir",
+                self.config_dir,
+                "--socket",
+                self.socket,
+            ],
             stderr=subprocess.DEVNULL,
         )
         return started
@@ -110,7 +118,9 @@ def idle_cost(count: int, seconds: float) -> tuple[float, int]:
 
 
 def crash_restart(samples: int) -> list[float]:
-    daemon = Daemon({"crashy": '[service]\nexec = "sleep 100000"\n[lifecycle]\nrestart_delay_ms = 0\n'})
+    daemon = Daemon(
+        {"crashy": '[service]\nexec = "sleep 100000"\n[lifecycle]\nrestart_delay_ms = 0\n'}
+    )
     latencies = []
     try:
         daemon.launch()
@@ -175,16 +185,26 @@ def main() -> None:
         times, memory = cold_start(count, runs)
         rss = statistics.median(m[0] for m in memory) / 2**20
         pss = statistics.median(m[1] for m in memory) / 2**20
-        print(f"cold start, {count} units: {summary(times)}; daemon RSS {rss:.1f} MiB, PSS {pss:.1f} MiB")
+        print(
+            f"cold start, {count} units: {summary(times)}; daemon RSS {rss:.1f} MiB, PSS {pss:.1f} MiB"
+        )
     cpu, switches = idle_cost(5 if args.quick else 100, 2.0 if args.quick else 10.0)
-    print(f"idle, {5 if args.quick else 100} units: {cpu * 1000:.1f} ms CPU, {switches} voluntary switches")
-    print(f"crash to Running (restart_delay_ms=0): {summary(crash_restart(3 if args.quick else 20))}")
-    print(f"CLI status round trip (module, this interpreter): {summary(cli_round_trip(3 if args.quick else 20))}")
+    print(
+        f"idle, {5 if args.quick else 100} units: {cpu * 1000:.1f} ms CPU, {switches} voluntary switches"
+    )
+    print(
+        f"crash to Running (restart_delay_ms=0): {summary(crash_restart(3 if args.quick else 20))}"
+    )
+    print(
+        f"CLI status round trip (module, this interpreter): {summary(cli_round_trip(3 if args.quick else 20))}"
+    )
     latencies, lines = flood_latency(50 if args.quick else 500)
     latencies.sort()
     p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
-    print(f"status while a unit floods stdout: median {statistics.median(latencies) * 1000:.2f} ms, "
-          f"p99 {p99:.2f} ms ({lines} lines kept)")
+    print(
+        f"status while a unit floods stdout: median {statistics.median(latencies) * 1000:.2f} ms, "
+        f"p99 {p99:.2f} ms ({lines} lines kept)"
+    )
 
 
 if __name__ == "__main__":

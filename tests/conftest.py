@@ -39,7 +39,9 @@ def wait_until(
         if last:
             return last
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}: {last!r}")
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {what or predicate}: {last!r}"
+            )
         time.sleep(interval)
 
 
@@ -83,13 +85,22 @@ class Daemon:
     def start(self, *extra: str, env: dict[str, str] | None = None, wait: bool = True) -> Daemon:
         environment = dict(os.environ, ZINIT_LOG_LEVEL="debug")
         environment.update(env or {})
-        self.proc = subprocess.Popen(
-            [PYTHON, ZINIT_PY, "server", "--config-dir", str(self.config_dir),
-             "--socket", self.socket, *extra],
-            stdout=open(self.stdout_path, "ab"),
-            stderr=open(self.stderr_path, "ab"),
-            env=environment,
-        )
+        with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
+            self.proc = subprocess.Popen(
+                [
+                    PYTHON,
+                    ZINIT_PY,
+                    "server",
+                    "--config-dir",
+                    str(self.config_dir),
+                    "--socket",
+                    self.socket,
+                    *extra,
+                ],
+                stdout=out,
+                stderr=err,
+                env=environment,
+            )
         if wait:
             wait_until(self._answers, timeout=30, what="the daemon's socket")
         return self
@@ -147,10 +158,16 @@ class Daemon:
         with self.client() as client:
             return getattr(client, method)(**params)
 
-    def cli(self, *args: str, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    def cli(
+        self, *args: str, input: str | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess:
         return subprocess.run(
             [PYTHON, ZINIT_PY, "--socket", self.socket, *args],
-            input=input, capture_output=True, text=True, timeout=timeout,
+            check=False,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
 
     def status(self, name: str) -> dict[str, Any]:
@@ -174,6 +191,23 @@ class Daemon:
             return lines if any(text in line for line in lines) else None
 
         return wait_until(found, timeout=timeout, what=f"{text!r} in the logs of {name}")
+
+
+def _cgroup_roots() -> set[str]:
+    """zinit-* directories in the daemon's cgroup v2 mount, if there is one."""
+    own = zinit._own_cgroup_dir()
+    if own is None:
+        return set()
+    return {os.path.join(own, e) for e in os.listdir(own) if e.startswith("zinit-")}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _tidy_cgroups() -> Any:
+    """Remove the empty cgroup directories that daemons killed by tests leave behind."""
+    before = _cgroup_roots()
+    yield
+    for root in _cgroup_roots() - before:
+        zinit._Cgroups.remove_tree(root)  # rmdir: only empty directories go
 
 
 @pytest.fixture

@@ -1,0 +1,516 @@
+"""The zinit CLI as a user runs it: a subprocess against a real daemon (SPEC section 8).
+
+Each command of the seed (but xinet and tui) runs and exits 0 on good input; --json
+works before and after the command; exit codes are 0, 1 (daemon said no), 2 (usage)
+and 3 (no daemon); output without a terminal, or with NO_COLOR, has no escape codes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import queue
+import subprocess
+import threading
+
+import pytest
+from conftest import PYTHON, ZINIT_PY, pid_alive, wait_until
+
+SEVEN = {"Inactive", "Blocked", "Starting", "Running", "Stopping", "Exited", "Failed"}
+UNIT_KEYS = {
+    "name", "kind", "state", "pid", "class", "status", "restarts", "exit_code", "health",
+    "uptime_s", "reason",
+}  # fmt: skip
+FAST_STOP = "stop_timeout_ms = 2000\n"
+ESC = "\x1b"
+
+
+@pytest.fixture
+def running(daemon):
+    """A daemon with a long-running 'sleeper', a oneshot 'job' and a stopped 'idle'."""
+    daemon.service("sleeper", "sleep 1000", lifecycle=FAST_STOP)
+    daemon.service("job", "sh -c 'echo hello from job'", service="oneshot = true\n")
+    daemon.service("idle", "sleep 1000", service='status = "stop"\n', lifecycle=FAST_STOP)
+    daemon.start()
+    daemon.wait_state("sleeper", "Running")
+    daemon.wait_state("job", "Exited")
+    return daemon
+
+
+def ok(result: subprocess.CompletedProcess) -> str:
+    """Assert a CLI run exited 0 and return its stdout."""
+    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)
+    return result.stdout
+
+
+def as_json(result: subprocess.CompletedProcess):
+    return json.loads(ok(result))
+
+
+# -- every command ------------------------------------------------------------
+
+
+def test_list(running):
+    out = ok(running.cli("list"))
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["NAME", "KIND", "STATE"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert set(rows) == {"idle", "job", "sleeper"}
+    assert rows["sleeper"][2] == "Running"
+    assert rows["job"][2] == "Exited"
+    assert rows["idle"][2] == "Inactive"
+
+
+def test_status(running):
+    pid = running.status("sleeper")["pid"]
+    out = ok(running.cli("status", "sleeper"))
+    assert "sleeper" in out
+    assert "Running" in out
+    assert str(pid) in out
+
+
+def test_start_stop_restart(running):
+    ok(running.cli("start", "idle"))
+    pid = running.wait_state("idle", "Running")["pid"]
+    ok(running.cli("restart", "idle"))
+    new_pid = running.wait_state("idle", "Running")["pid"]
+    assert new_pid != pid
+    ok(running.cli("stop", "idle"))
+    assert running.status("idle")["state"] == "Exited"
+    assert not pid_alive(new_pid)
+
+
+def test_start_wait_shows_progress_until_running(running, tmp_path):
+    """start --wait prints each state change (Starting, then Running) and exits 0 when up."""
+    marker = tmp_path / "ready"
+    running.service(
+        "slow", f"sh -c 'sleep 0.5; touch {marker}; exec sleep 1000'",
+        service='status = "stop"\n', lifecycle=FAST_STOP,
+        health=f'type = "exec"\ncommand = "test -e {marker}"\ninterval_ms = 100\n',
+    )  # fmt: skip
+    ok(running.cli("reload"))
+    out = ok(running.cli("start", "--wait", "slow"))
+    lines = out.strip().splitlines()
+    assert any("slow" in line and "-> Starting" in line for line in lines), out
+    assert any("slow" in line and "-> Running" in line for line in lines), out
+    assert lines[-1] == "slow is Running"
+    assert running.status("slow")["state"] == "Running"
+
+
+def test_issue_2_start_wait_shows_progress_of_a_fast_unit(running):
+    """start --wait shows the state changes even when the unit is up before the first status
+    check (SPEC 8: `start --wait` showing progress); the events already received are not
+    dropped."""
+    out = ok(running.cli("start", "--wait", "idle"))
+    assert "idle" in out and "-> Running" in out, out
+    assert out.strip().splitlines()[-1] == "idle is Running"
+
+
+def test_issue_2_start_wait_judges_the_new_attempt_not_a_stale_state(running):
+    """start --wait exits 0 for a unit that comes up, every time: the state the unit was in
+    before the start (Inactive, Exited) is not taken for the outcome of the start."""
+    results = []
+    for _ in range(15):
+        result = running.cli("start", "--wait", "idle")
+        results.append((result.returncode, result.stderr.strip()))
+        assert running.status("idle")["state"] == "Running"
+        ok(running.cli("stop", "idle"))
+    assert results == [(0, "")] * 15, results
+
+
+def test_start_wait_oneshot_success(running):
+    """start --wait on a oneshot exits 0 once it has Exited with success."""
+    out = ok(running.cli("start", "--wait", "job"))
+    assert "job is Exited" in out
+
+
+def test_start_wait_fails_for_a_failing_unit(running):
+    """start --wait exits 1, with the reason on stderr, for a unit that fails."""
+    running.service(
+        "crasher", "sh -c 'echo dying; exit 3'",
+        service='status = "stop"\noneshot = true\n', lifecycle='restart = "never"\n',
+    )  # fmt: skip
+    ok(running.cli("reload"))
+    result = running.cli("start", "--wait", "crasher")
+    assert result.returncode == 1, result
+    assert "crasher" in result.stderr
+    assert "Failed" in result.stderr
+    assert running.status("crasher")["state"] == "Failed"
+
+
+def test_start_wait_fails_for_a_unit_that_cannot_spawn(running):
+    """A program that does not exist fails to spawn: start --wait exits 1."""
+    running.service(
+        "ghost", "/nonexistent/program", service='status = "stop"\n',
+        lifecycle='restart = "never"\n',
+    )  # fmt: skip
+    ok(running.cli("reload"))
+    result = running.cli("start", "--wait", "ghost")
+    assert result.returncode == 1, result
+    assert "ghost" in result.stderr
+    assert running.status("ghost")["state"] == "Failed"
+
+
+def test_start_wait_waits_through_restarts_until_failed_for_good(running):
+    """With restarts left, start --wait keeps waiting; it exits 1 once they are used up."""
+    running.service(
+        "flaky", "sh -c 'exit 4'", service='status = "stop"\noneshot = true\n',
+        lifecycle='restart = "on-failure"\nmax_restarts = 2\nrestart_delay_ms = 50\n',
+    )  # fmt: skip
+    ok(running.cli("reload"))
+    result = running.cli("start", "--wait", "flaky")
+    assert result.returncode == 1, result
+    unit = running.status("flaky")
+    assert unit["state"] == "Failed"
+    assert unit["restarts"] == 2
+    assert unit["next_restart_s"] is None
+
+
+def test_kill(running):
+    pid = running.status("sleeper")["pid"]
+    ok(running.cli("kill", "sleeper", "SIGKILL"))
+    wait_until(lambda: not pid_alive(pid), timeout=10, what="sleeper to die of SIGKILL")
+    new_pid = running.wait_state("sleeper", "Running")["pid"]  # restart = always
+    ok(running.cli("kill", "sleeper"))  # SIGTERM by default
+    wait_until(lambda: not pid_alive(new_pid), timeout=10, what="sleeper to die of SIGTERM")
+
+
+def test_logs(running):
+    out = ok(running.cli("logs", "job"))
+    assert "hello from job" in out
+    assert len(ok(running.cli("logs", "job", "-n", "1")).splitlines()) == 1
+    assert ok(running.cli("logs", "job", "-n", "0")) == ""
+    assert "hello from job" in ok(running.cli("logs"))  # all units
+
+
+def test_logs_follow(running):
+    """logs -f prints the recent lines, then keeps running until interrupted."""
+    process = subprocess.Popen(
+        [PYTHON, ZINIT_PY, "--socket", running.socket, "logs", "-f", "job"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        line = read_line(process, 30)
+        assert "hello from job" in line
+        assert process.poll() is None
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_why(running):
+    out = ok(running.cli("why", "sleeper"))
+    assert out.startswith("sleeper is Running")
+
+
+def test_tree(running):
+    running.service("web", "sleep 1000", dependencies='requires = ["sleeper"]\n')
+    ok(running.cli("reload"))
+    running.wait_state("web", "Running")
+    out = ok(running.cli("tree", "web"))
+    assert out.splitlines()[0].startswith("web")
+    assert "sleeper" in out.splitlines()[1]
+    everything = ok(running.cli("tree"))
+    for name in ("web", "sleeper", "job", "idle"):
+        assert name in everything
+
+
+def test_reload(running):
+    running.service("fresh", "sleep 1000", lifecycle=FAST_STOP)
+    out = ok(running.cli("reload"))
+    assert "added: fresh" in out
+    running.wait_state("fresh", "Running")
+
+
+def test_add_service_from_file_stdin_and_text(running, tmp_path):
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    source = incoming / "fromfile.toml"
+    source.write_text('[service]\nexec = "sleep 1000"\n[lifecycle]\nstop_timeout_ms = 2000\n')
+    out = ok(running.cli("add-service", str(source)))
+    assert "fromfile" in out
+    running.wait_state("fromfile", "Running")
+    assert (running.config_dir / "fromfile.toml").exists()
+
+    stdin_text = '[service]\nname = "fromstdin"\nexec = "true"\noneshot = true\n'
+    ok(running.cli("add-service", "-", input=stdin_text))
+    running.wait_state("fromstdin", "Exited")
+
+    ok(running.cli("add-service", '[service]\nexec = "true"\noneshot = true\n', "--name", "txt"))
+    running.wait_state("txt", "Exited")
+
+
+def test_remove_service(running):
+    pid = running.status("sleeper")["pid"]
+    out = ok(running.cli("remove-service", "sleeper"))
+    assert "sleeper" in out
+    assert not (running.config_dir / "sleeper.toml").exists()
+    assert not pid_alive(pid)
+    assert running.cli("status", "sleeper").returncode == 1
+
+
+def test_start_all_stop_all_delete_all(running):
+    out = ok(running.cli("start-all"))
+    assert "idle" in out and "sleeper" in out
+    running.wait_state("idle", "Running")
+    out = ok(running.cli("stop-all"))
+    assert "idle" in out
+    for unit in running.call("list"):
+        assert unit["pid"] is None, unit
+    out = ok(running.cli("delete-all"))
+    assert "sleeper" in out
+    assert running.call("list") == []
+    assert list(running.config_dir.glob("*.toml")) == []
+
+
+def test_check(running):
+    """check exits 0 when every status=start unit is up, 1 when one is Failed."""
+    ok(running.cli("check"))
+    running.service("broken", "sh -c 'exit 3'", service="oneshot = true\n")
+    ok(running.cli("reload"))
+    running.wait_state("broken", "Failed")
+    result = running.cli("check")
+    assert result.returncode == 1, result
+    assert "broken" in result.stdout + result.stderr
+
+
+def read_line(process: subprocess.Popen, timeout: float) -> str:
+    """Read one stdout line of a running process, failing after ``timeout`` seconds."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: lines.put(process.stdout.readline()), daemon=True).start()
+    try:
+        return lines.get(timeout=timeout)
+    except queue.Empty:
+        raise AssertionError(f"no output within {timeout}s") from None
+
+
+def test_events(running):
+    """events prints a line per state change until it is terminated."""
+    process = subprocess.Popen(
+        [PYTHON, ZINIT_PY, "--socket", running.socket, "events"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        for line in process.stdout:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        # The subscription is made some time after launch: change a state until one shows.
+        def shown() -> str | None:
+            if lines.empty():
+                running.call("restart", name="idle")
+                return None
+            return lines.get()
+
+        line = wait_until(shown, timeout=30, interval=0.1, what="an event line")
+        assert "idle" in line
+        assert "->" in line
+        assert process.poll() is None
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_debug_state(running):
+    state = json.loads(ok(running.cli("debug-state")))
+    assert state["pid"] == running.proc.pid
+    assert set(state["units"]) == {"idle", "job", "sleeper"}
+
+
+def test_debug_procs(running):
+    pid = running.status("sleeper")["pid"]
+    out = ok(running.cli("debug-procs", "sleeper"))
+    assert out.splitlines()[0].split()[0] == "PID"
+    assert str(pid) in out
+    assert "sleep 1000" in out
+
+
+def test_shutdown(running):
+    """shutdown stops every unit, shows progress, and the daemon exits 0 with no child left."""
+    pids = [running.status("sleeper")["pid"]]
+    ok(running.cli("start", "idle"))
+    pids.append(running.wait_state("idle", "Running")["pid"])
+    daemon_pid = running.proc.pid
+    out = ok(running.cli("shutdown"))
+    assert "sleeper" in out and "idle" in out
+    assert "Stopping" in out or "Exited" in out
+    assert out.strip().splitlines()[-1] == "shutdown: done"
+    assert running.proc.wait(60) == 0
+    for pid in pids:
+        assert not pid_alive(pid)
+    assert not pid_alive(daemon_pid)
+
+
+@pytest.mark.parametrize("command", ["poweroff", "reboot"])
+def test_poweroff_and_reboot_need_pid1(running, command):
+    """Without zinit-pid1, poweroff and reboot exit 1 saying so; the daemon goes on."""
+    result = running.cli(command)
+    assert result.returncode == 1, result
+    assert "zinit-pid1" in result.stderr
+    assert running.status("sleeper")["state"] == "Running"
+    assert running.proc.poll() is None
+
+
+# -- --json --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_json_list(running, where):
+    args = ["--json", "list"] if where == "before" else ["list", "--json"]
+    units = as_json(running.cli(*args))
+    assert isinstance(units, list)
+    assert [unit["name"] for unit in units] == ["idle", "job", "sleeper"]
+    for unit in units:
+        assert UNIT_KEYS <= set(unit), UNIT_KEYS - set(unit)
+        assert unit["state"] in SEVEN
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_json_status(running, where):
+    args = ["--json", "status", "sleeper"] if where == "before" else ["status", "sleeper", "--json"]
+    unit = as_json(running.cli(*args))
+    assert isinstance(unit, dict)
+    assert UNIT_KEYS <= set(unit), UNIT_KEYS - set(unit)
+    assert unit["name"] == "sleeper"
+    assert unit["kind"] == "service"
+    assert unit["state"] == "Running"
+    assert isinstance(unit["pid"], int)
+    assert unit["class"] == "user"
+    assert unit["status"] == "start"
+    assert unit["restarts"] == 0
+    assert unit["exit_code"] is None
+    assert unit["health"] is None
+    assert isinstance(unit["uptime_s"], float | int) and unit["uptime_s"] >= 0
+    assert isinstance(unit["reason"], str)
+    stopped = as_json(running.cli("status", "idle", "--json"))
+    assert stopped["state"] == "Inactive"
+    assert stopped["pid"] is None
+    assert stopped["uptime_s"] is None
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("why", "sleeper"),
+        ("tree",),
+        ("logs", "job"),
+        ("check",),
+        ("reload",),
+        ("debug-procs", "sleeper"),
+        ("start", "job"),
+        ("kill", "sleeper", "SIGCONT"),
+    ],
+)
+def test_json_works_on_other_commands(running, args):
+    """--json after any command prints one JSON document."""
+    json.loads(ok(running.cli(*args, "--json")))
+
+
+# -- exit codes ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("status", "nope"), ("start", "nope"), ("stop", "nope"), ("why", "nope"), ("logs", "nope")],
+)
+def test_unknown_unit_exits_1(running, args):
+    result = running.cli(*args)
+    assert result.returncode == 1, result
+    assert "nope" in result.stderr
+    assert result.stdout == ""
+
+
+def test_refusal_exits_1(running):
+    """The daemon saying no (kill of a unit with no process) is exit 1 with its message."""
+    result = running.cli("kill", "idle")
+    assert result.returncode == 1, result
+    assert "idle" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("no-such-command",),
+        (),
+        ("status",),
+        ("start",),
+        ("kill",),
+        ("logs", "job", "-n", "many"),
+        ("list", "--bogus-flag"),
+        ("add-service", "neither-a-file-nor-toml"),
+        ("kill", "sleeper", "SIGNOTASIGNAL"),
+    ],
+)
+def test_usage_errors_exit_2(running, args):
+    result = running.cli(*args)
+    assert result.returncode == 2, result
+    assert result.stderr.strip(), result
+
+
+def test_no_daemon_exits_3(tmp_path):
+    """Nothing at the socket: exit 3, naming the socket and how to start a daemon."""
+    socket_path = str(tmp_path / "nothing.sock")
+    result = subprocess.run(
+        [PYTHON, ZINIT_PY, "--socket", socket_path, "list"],
+        check=False, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 3, result
+    assert socket_path in result.stderr
+    assert "zinit-server" in result.stderr
+
+
+def test_zinit_socket_environment(running):
+    """Without --socket, the CLI uses ZINIT_SOCKET."""
+    result = subprocess.run(
+        [PYTHON, ZINIT_PY, "list"],
+        check=False, capture_output=True, text=True, timeout=60,
+        env=dict(os.environ, ZINIT_SOCKET=running.socket),
+    )  # fmt: skip
+    assert "sleeper" in ok(result)
+
+
+# -- colour --------------------------------------------------------------------
+
+
+def run_on_tty(daemon, *args: str, no_color: bool) -> str:
+    """Run the CLI with stdout on a pseudo-terminal and return what it wrote there."""
+    env = dict(os.environ)
+    env.pop("NO_COLOR", None)
+    if no_color:
+        env["NO_COLOR"] = "1"
+    main, secondary = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [PYTHON, ZINIT_PY, "--socket", daemon.socket, *args],
+            stdout=secondary, stderr=subprocess.PIPE, env=env,
+        )  # fmt: skip
+        os.close(secondary)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # EIO: the other side is closed
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert process.wait(60) == 0
+    finally:
+        os.close(main)
+    return b"".join(chunks).decode()
+
+
+def test_colour_only_on_a_terminal_without_no_color(running):
+    """A terminal gets colour; NO_COLOR or a pipe gets none."""
+    coloured = run_on_tty(running, "list", no_color=False)
+    assert ESC in coloured, coloured
+    plain = run_on_tty(running, "list", no_color=True)
+    assert ESC not in plain
+    assert "sleeper" in plain and "Running" in plain
+    for args in (("list",), ("status", "sleeper"), ("why", "sleeper"), ("tree",)):
+        result = running.cli(*args)
+        assert ESC not in ok(result), args

@@ -1,0 +1,488 @@
+"""Lifecycle of one service: oneshots, restart policies, backoff, stopping whole trees.
+
+Every test runs a real zinit-server with real children and waits on conditions.
+"""
+
+import itertools
+import os
+import pwd
+import shlex
+import signal
+import textwrap
+
+import psutil
+import pytest
+from conftest import PYTHON, pid_alive, wait_until
+
+FAST_STOP = "stop_timeout_ms = 1000\n"
+
+
+def py(code: str) -> str:
+    """An exec line running ``code`` with the test's Python."""
+    return shlex.join([PYTHON, "-c", textwrap.dedent(code)])
+
+
+def descendants(pid: int) -> list[int]:
+    try:
+        return [child.pid for child in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def alive(pids) -> list[int]:
+    return [pid for pid in pids if pid_alive(pid)]
+
+
+def kill_pids(pids) -> None:
+    """Clean up after a failed test: end the processes we identified, by pid."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+# ---- oneshots ----------------------------------------------------------------
+
+
+def test_oneshot_success_is_exited_with_code_0(daemon):
+    daemon.service("once", "sh -c 'echo done'", service="oneshot = true\n")
+    daemon.start()
+    unit = daemon.wait_state("once", "Exited", "Failed")
+    assert unit["state"] == "Exited", unit
+    assert unit["exit_code"] == 0
+    assert unit["pid"] is None
+    assert unit["restarts"] == 0
+
+
+def test_oneshot_failure_is_failed_and_names_the_code(daemon):
+    daemon.service("once", "sh -c 'exit 3'", service="oneshot = true\n")
+    daemon.start()
+    unit = daemon.wait_state("once", "Exited", "Failed")
+    assert unit["state"] == "Failed", unit
+    assert unit["exit_code"] == 3
+    assert "3" in unit["reason"], unit["reason"]
+    assert "exit" in unit["reason"], unit["reason"]
+    assert unit["restarts"] == 0
+    assert unit["next_restart_s"] is None
+
+
+# ---- restart policies --------------------------------------------------------
+
+
+def test_restart_always_restarts_after_a_clean_exit(daemon):
+    daemon.service(
+        "svc",
+        "sh -c 'sleep 0.2; exit 0'",
+        lifecycle='restart = "always"\nrestart_delay_ms = 50\nrestart_delay_max_ms = 50\n',
+    )
+    daemon.start()
+    wait_until(lambda: daemon.status("svc")["restarts"] >= 2, timeout=30, what="two restarts")
+
+
+def test_restart_on_failure_restarts_a_failure(daemon):
+    daemon.service(
+        "svc",
+        "sh -c 'sleep 0.2; exit 1'",
+        lifecycle='restart = "on-failure"\nrestart_delay_ms = 50\nrestart_delay_max_ms = 50\n',
+    )
+    daemon.start()
+    wait_until(lambda: daemon.status("svc")["restarts"] >= 2, timeout=30, what="two restarts")
+
+
+def test_restart_on_failure_leaves_a_clean_exit_alone(daemon):
+    daemon.service(
+        "svc",
+        "sh -c 'sleep 0.2; exit 0'",
+        lifecycle='restart = "on-failure"\nrestart_delay_ms = 50\n',
+    )
+    daemon.start()
+    unit = daemon.wait_state("svc", "Exited", "Failed")
+    assert unit["state"] == "Exited", unit
+    assert unit["exit_code"] == 0
+    assert unit["next_restart_s"] is None, unit
+    assert "restarting" not in unit["reason"], unit["reason"]
+    assert unit["restarts"] == 0
+
+
+def test_restart_never_leaves_a_failure_failed(daemon):
+    daemon.service(
+        "svc",
+        "sh -c 'sleep 0.2; exit 4'",
+        lifecycle='restart = "never"\nrestart_delay_ms = 50\n',
+    )
+    daemon.start()
+    unit = daemon.wait_state("svc", "Exited", "Failed")
+    assert unit["state"] == "Failed", unit
+    assert unit["exit_code"] == 4
+    assert unit["next_restart_s"] is None, unit
+    assert "restarting" not in unit["reason"], unit["reason"]
+    assert unit["restarts"] == 0
+
+
+# ---- backoff and giving up ---------------------------------------------------
+
+
+def test_backoff_doubles_up_to_the_max(daemon):
+    """Delays between spawns go 0.3, 0.6, 1.2, 1.2 s (restart_delay_ms doubling, capped)."""
+    daemon.service(
+        "flappy",
+        "sh -c 'exit 1'",
+        service='status = "stop"\n',
+        lifecycle=(
+            'restart = "always"\nrestart_delay_ms = 300\nrestart_delay_max_ms = 1200\n' + FAST_STOP
+        ),
+    )
+    daemon.start()
+    expected = [0.3, 0.6, 1.2, 1.2]
+    spawns: list[float] = []
+    with daemon.client() as client:
+        client.call("events.subscribe")
+        client.start("flappy")
+        for message in client.notifications():
+            event = message.get("params", {})
+            if message.get("method") != "event" or event.get("unit") != "flappy":
+                continue
+            if event["to"] in ("Running", "Starting") and event["from"] != "Starting":
+                spawns.append(event["time"])
+                if len(spawns) == len(expected) + 1:
+                    break
+    daemon.call("stop", name="flappy")
+    gaps = [later - earlier for earlier, later in itertools.pairwise(spawns)]
+    for gap, want in zip(gaps, expected, strict=True):
+        assert 0.9 * want <= gap <= want + 1.5, (gaps, expected)
+
+
+def test_max_restarts_gives_up_for_good(daemon):
+    daemon.service(
+        "flappy",
+        "sh -c 'exit 2'",
+        lifecycle=(
+            'restart = "always"\nmax_restarts = 2\nrestart_delay_ms = 50\n'
+            "restart_delay_max_ms = 100\n" + FAST_STOP
+        ),
+    )
+    daemon.start()
+    unit = wait_until(
+        lambda: (
+            (u := daemon.status("flappy"))["state"] == "Failed"
+            and u["next_restart_s"] is None
+            and u
+        ),
+        timeout=30,
+        what="flappy to give up",
+    )
+    assert unit["restarts"] == 2, unit
+    assert "gave up" in unit["reason"], unit["reason"]
+    assert unit["pid"] is None
+    assert unit["exit_code"] == 2
+
+
+# ---- spawn errors ------------------------------------------------------------
+
+
+def test_missing_binary_fails_and_names_it(daemon):
+    daemon.service("ghost", "/nonexistent/zinit-no-such-binary --flag")
+    daemon.start()
+    unit = daemon.wait_state("ghost", "Failed")
+    assert "/nonexistent/zinit-no-such-binary" in unit["reason"], unit["reason"]
+    assert unit["pid"] is None
+
+
+def test_missing_dir_fails_and_names_it(daemon):
+    daemon.service("homeless", "sleep 1000", service='dir = "/nonexistent/zinit-no-such-dir"\n')
+    daemon.start()
+    unit = daemon.wait_state("homeless", "Failed")
+    assert "/nonexistent/zinit-no-such-dir" in unit["reason"], unit["reason"]
+    assert unit["pid"] is None
+
+
+# ---- stopping whole trees ----------------------------------------------------
+
+
+def test_stop_ends_the_whole_sh_tree(daemon):
+    daemon.service("tree", "sh -c 'sleep 1000 & sleep 1000 & wait'", lifecycle=FAST_STOP)
+    daemon.start()
+    pid = daemon.wait_state("tree", "Running")["pid"]
+    children = wait_until(lambda: len(d := descendants(pid)) >= 2 and d, what="two sleeps")
+    tree = [pid, *children]
+    try:
+        result = daemon.cli("stop", "tree")
+        assert result.returncode == 0, result.stderr
+        wait_until(lambda: not alive(tree), timeout=15, what="the tree to be gone")
+        assert daemon.status("tree")["state"] == "Exited"
+    finally:
+        kill_pids(alive(tree))
+
+
+def test_stop_ends_a_setsid_descendant(daemon):
+    daemon.service(
+        "escaper", "sh -c \"setsid sh -c 'sleep 1000' & exec sleep 1000\"", lifecycle=FAST_STOP
+    )
+    daemon.start()
+    pid = daemon.wait_state("escaper", "Running")["pid"]
+
+    def escaped():
+        found = descendants(pid)
+        sleeps = [p for p in found if psutil.Process(p).name() == "sleep"]
+        return sleeps and found
+
+    children = wait_until(escaped, what="the setsid sleep")
+    tree = [pid, *children]
+    assert any(os.getsid(p) != os.getsid(pid) for p in children), "setsid did not happen"
+    try:
+        result = daemon.cli("stop", "escaper")
+        assert result.returncode == 0, result.stderr
+        wait_until(lambda: not alive(tree), timeout=15, what="the tree to be gone")
+    finally:
+        kill_pids(alive(tree))
+
+
+def test_stop_ends_a_double_forked_orphan(daemon, tmp_path):
+    """A grandchild whose parent exited (re-parented away from the service) is stopped too."""
+    pidfile = tmp_path / "grandchild.pid"
+    code = f"""
+        import os, time
+        child = os.fork()
+        if child == 0:
+            os.setsid()
+            if os.fork() == 0:
+                with open({str(pidfile)!r} + ".tmp", "w") as f:
+                    f.write(str(os.getpid()))
+                os.rename({str(pidfile)!r} + ".tmp", {str(pidfile)!r})
+                os.execvp("sleep", ["sleep", "1000"])
+            os._exit(0)
+        os.waitpid(child, 0)
+        print("intermediate gone", flush=True)
+        os.execvp("sleep", ["sleep", "1000"])
+    """
+    daemon.service("forker", py(code), lifecycle=FAST_STOP)
+    daemon.start()
+    pid = daemon.wait_state("forker", "Running")["pid"]
+    daemon.wait_log("forker", "intermediate gone")
+    grandchild = int(wait_until(lambda: pidfile.exists() and pidfile.read_text(), what="pidfile"))
+    try:
+        assert pid_alive(grandchild)
+        assert grandchild not in descendants(pid), "the grandchild should be an orphan"
+        result = daemon.cli("stop", "forker")
+        assert result.returncode == 0, result.stderr
+        wait_until(
+            lambda: not alive([pid, grandchild]), timeout=15, what="main and grandchild gone"
+        )
+    finally:
+        kill_pids(alive([grandchild]))
+
+
+def test_leftover_child_is_killed_before_restart(daemon, tmp_path):
+    """When the main process exits, what it left behind is killed before the next spawn."""
+    pidfile = tmp_path / "leftover.pid"
+    script = (
+        f"if [ -f {pidfile} ]; then "
+        f'if kill -0 "$(cat {pidfile})" 2>/dev/null; then echo LEFTOVER-ALIVE; '
+        f"else echo LEFTOVER-GONE; fi; exec sleep 1000; fi; "
+        f"sleep 1000 & echo $! > {pidfile}; exit 1"
+    )
+    daemon.service(
+        "leaky",
+        f"sh -c {shlex.quote(script)}",
+        lifecycle='restart = "always"\nrestart_delay_ms = 0\n' + FAST_STOP,
+    )
+    daemon.start()
+    lines = daemon.wait_log("leaky", "LEFTOVER-")
+    leftover = int(pidfile.read_text())
+    try:
+        assert "LEFTOVER-GONE" in lines, lines
+        assert "LEFTOVER-ALIVE" not in lines, lines
+        assert not pid_alive(leftover)
+        assert daemon.status("leaky")["restarts"] == 1
+    finally:
+        kill_pids(alive([leftover]))
+
+
+# ---- signals -----------------------------------------------------------------
+
+USR1_CHILD = """
+    import os, signal, time
+    def on_usr1(signum, frame):
+        print("got SIGUSR1", flush=True)
+        os._exit(0)
+    signal.signal(signal.SIGUSR1, on_usr1)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print("ready", flush=True)
+    while True:
+        time.sleep(1)
+"""
+
+
+@pytest.mark.parametrize("spelling", ['"SIGUSR1"', '"usr1"', str(int(signal.SIGUSR1))])
+def test_stop_signal_is_honoured(daemon, spelling):
+    daemon.service(
+        "usr1",
+        py(USR1_CHILD),
+        lifecycle=f"stop_signal = {spelling}\nstop_timeout_ms = 10000\n",
+    )
+    daemon.start()
+    pid = daemon.wait_state("usr1", "Running")["pid"]
+    daemon.wait_log("usr1", "ready")
+    result = daemon.cli("stop", "usr1")
+    assert result.returncode == 0, result.stderr
+    unit = daemon.wait_state("usr1", "Exited")
+    assert unit["exit_code"] == 0, unit
+    assert "got SIGUSR1" in [e["line"] for e in daemon.call("logs", name="usr1")]
+    assert not pid_alive(pid)
+
+
+def test_stop_timeout_sends_sigkill(daemon):
+    daemon.service(
+        "stubborn",
+        "sh -c \"trap '' TERM; echo ready; sleep 1000\"",
+        lifecycle="stop_timeout_ms = 500\n",
+    )
+    daemon.start()
+    pid = daemon.wait_state("stubborn", "Running")["pid"]
+    daemon.wait_log("stubborn", "ready")
+    children = wait_until(lambda: descendants(pid), what="the sleep")
+    tree = [pid, *children]
+    try:
+        result = daemon.cli("stop", "stubborn")
+        assert result.returncode == 0, result.stderr
+        unit = daemon.wait_state("stubborn", "Exited")
+        assert unit["exit_code"] == -signal.SIGKILL, unit
+        wait_until(lambda: not alive(tree), timeout=15, what="the tree to be gone")
+    finally:
+        kill_pids(alive(tree))
+
+
+# Realtime signals queue instead of merging, so the child can count deliveries exactly.
+COUNTING_CHILD = """
+    import signal, sys
+    sig = signal.SIGRTMIN
+    signal.pthread_sigmask(signal.SIG_BLOCK, [sig])
+    print("ready", flush=True)
+    while True:
+        signal.sigwaitinfo([sig])
+        count = 1
+        while signal.sigtimedwait([sig], 1.0) is not None:
+            count += 1
+        print(f"received {count}", flush=True)
+        if sys.argv[1] == "exit":
+            sys.exit(0 if count == 1 else 3)
+"""
+
+
+def test_issue_2_stop_signal_is_sent_once(daemon):
+    """`stop` delivers the stop signal once to the main process, not once per mechanism.
+
+    A service that treats a second SIGTERM as "quit now" must not see two.
+    """
+    daemon.service(
+        "counter",
+        py(COUNTING_CHILD) + " exit",
+        lifecycle='stop_signal = "SIGRTMIN"\nstop_timeout_ms = 10000\n',
+    )
+    daemon.start()
+    daemon.wait_state("counter", "Running")
+    daemon.wait_log("counter", "ready")
+    result = daemon.cli("stop", "counter")
+    assert result.returncode == 0, result.stderr
+    unit = daemon.wait_state("counter", "Exited")
+    lines = [e["line"] for e in daemon.call("logs", name="counter")]
+    assert "received 1" in lines, lines
+    assert unit["exit_code"] == 0, unit
+
+
+def test_issue_2_kill_sends_the_signal_once(daemon):
+    """`zinit kill NAME SIGNAL` delivers the signal once to each process of the unit."""
+    daemon.service("counter", py(COUNTING_CHILD) + " stay", lifecycle=FAST_STOP)
+    daemon.start()
+    daemon.wait_state("counter", "Running")
+    daemon.wait_log("counter", "ready")
+    result = daemon.cli("kill", "counter", "SIGRTMIN")
+    assert result.returncode == 0, result.stderr
+    lines = daemon.wait_log("counter", "received")
+    assert "received 1" in lines, lines
+
+
+@pytest.mark.parametrize("spelling", ["SIGUSR1", "usr1", str(int(signal.SIGUSR1))])
+def test_kill_cli_sends_the_signal(daemon, spelling):
+    code = """
+        import signal, time
+        signal.signal(signal.SIGUSR1, lambda s, f: print("got SIGUSR1", flush=True))
+        print("ready", flush=True)
+        while True:
+            time.sleep(1)
+    """
+    daemon.service("target", py(code), lifecycle=FAST_STOP)
+    daemon.start()
+    pid = daemon.wait_state("target", "Running")["pid"]
+    daemon.wait_log("target", "ready")
+    result = daemon.cli("kill", "target", spelling)
+    assert result.returncode == 0, result.stderr
+    daemon.wait_log("target", "got SIGUSR1")
+    unit = daemon.status("target")
+    assert unit["state"] == "Running"
+    assert unit["pid"] == pid
+
+
+def test_restart_changes_the_pid(daemon):
+    daemon.service("svc", "sleep 1000", lifecycle=FAST_STOP)
+    daemon.start()
+    pid = daemon.wait_state("svc", "Running")["pid"]
+    result = daemon.cli("restart", "svc")
+    assert result.returncode == 0, result.stderr
+    unit = wait_until(
+        lambda: (u := daemon.status("svc"))["state"] == "Running" and u["pid"] != pid and u,
+        what="a new pid",
+    )
+    assert pid_alive(unit["pid"])
+    assert not pid_alive(pid)
+
+
+def test_crash_with_zero_delay_comes_back(daemon):
+    daemon.service(
+        "phoenix", "sleep 1000", lifecycle='restart = "always"\nrestart_delay_ms = 0\n' + FAST_STOP
+    )
+    daemon.start()
+    pid = daemon.wait_state("phoenix", "Running")["pid"]
+    os.kill(pid, signal.SIGKILL)
+    unit = wait_until(
+        lambda: (
+            (u := daemon.status("phoenix"))["state"] == "Running"
+            and u["pid"] not in (None, pid)
+            and u
+        ),
+        what="phoenix back with a new pid",
+    )
+    assert unit["restarts"] >= 1
+    assert pid_alive(unit["pid"])
+
+
+# ---- identity and environment ------------------------------------------------
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="user= needs the daemon to run as root")
+def test_user_nobody_runs_as_nobody(daemon):
+    nobody = pwd.getpwnam("nobody")
+    daemon.service(
+        "whoami",
+        "sh -c 'echo \"uid=$(id -u) home=$HOME user=$USER logname=$LOGNAME\"'",
+        service='oneshot = true\nuser = "nobody"\n',
+    )
+    daemon.start()
+    unit = daemon.wait_state("whoami", "Exited", "Failed")
+    assert unit["state"] == "Exited", unit
+    lines = [e["line"] for e in daemon.call("logs", name="whoami")]
+    want = f"uid={nobody.pw_uid} home={nobody.pw_dir} user=nobody logname=nobody"
+    assert want in lines, lines
+
+
+def test_env_table_reaches_the_child(daemon):
+    daemon.service(
+        "envy",
+        "sh -c 'echo \"greeting=$GREETING other=$OTHER\"'",
+        service='oneshot = true\nenv = { GREETING = "hello world", OTHER = "x=y" }\n',
+    )
+    daemon.start()
+    daemon.wait_state("envy", "Exited")
+    lines = [e["line"] for e in daemon.call("logs", name="envy")]
+    assert "greeting=hello world other=x=y" in lines, lines

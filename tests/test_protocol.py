@@ -1,0 +1,391 @@
+"""The control socket's JSON-RPC 2.0 framing, errors and file permissions (SPEC section 7).
+
+Everything here talks to a real daemon through a raw unix socket, one JSON text per
+line, so that what is tested is the wire and not the client library.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+
+import pytest
+from conftest import PYTHON, ZINIT_PY, Daemon, wait_until
+
+import zinit
+
+MIB = 1 << 20
+
+
+class Wire:
+    """A raw connection: send bytes, read one JSON line back."""
+
+    def __init__(self, path: str, timeout: float = 30) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self.reader = self.sock.makefile("rb")
+
+    def send(self, data: bytes | str) -> None:
+        if isinstance(data, str):
+            data = data.encode()
+        self.sock.sendall(data if data.endswith(b"\n") else data + b"\n")
+
+    def request(self, method: str, params=None, request_id=1) -> None:
+        message = {"jsonrpc": "2.0", "id": request_id, "method": method}
+        if params is not None:
+            message["params"] = params
+        self.send(json.dumps(message))
+
+    def read(self):
+        line = self.reader.readline()
+        assert line, "the daemon closed the connection"
+        return json.loads(line)
+
+    def ping(self, request_id: int = 1000) -> dict:
+        """Ping on this connection and return the reply, which must be the pong."""
+        self.request("ping", request_id=request_id)
+        reply = self.read()
+        assert reply["id"] == request_id, reply
+        assert reply["result"]["pong"] is True, reply
+        return reply
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
+
+
+@pytest.fixture
+def wire(daemon):
+    daemon.service("sleeper", "sleep 1000", lifecycle="stop_timeout_ms = 2000\n")
+    daemon.start()
+    daemon.wait_state("sleeper", "Running")
+    connection = Wire(daemon.socket)
+    yield connection
+    connection.close()
+
+
+def assert_error(reply: dict, code: int, request_id=None) -> dict:
+    assert reply.get("jsonrpc") == "2.0", reply
+    assert "result" not in reply, reply
+    assert reply["id"] == request_id, reply
+    assert reply["error"]["code"] == code, reply
+    assert isinstance(reply["error"]["message"], str) and reply["error"]["message"], reply
+    return reply["error"]
+
+
+def test_bad_json_gets_parse_error_and_connection_goes_on(wire):
+    """Bad JSON → -32700 with id null; the same connection then answers a ping."""
+    for frame in (b"{bad json", b'{"jsonrpc": "2.0", "id": 1, "method": "ping"', b"\xff\xfe{}"):
+        wire.send(frame)
+        assert_error(wire.read(), -32700)
+    wire.ping()
+
+
+@pytest.mark.parametrize("frame", ["42", '"ping"', "null", "true", "3.5"])
+def test_json_that_is_not_an_object_is_an_invalid_request(wire, frame):
+    """Valid JSON that is not an object (nor a batch) → -32600, and the connection goes on."""
+    wire.send(frame)
+    assert_error(wire.read(), -32600)
+    wire.ping()
+
+
+def test_missing_jsonrpc_or_method_is_an_invalid_request(wire):
+    """A request without "jsonrpc": "2.0", or without a string method → -32600 with its id."""
+    wire.send('{"id": 1, "method": "ping"}')
+    assert_error(wire.read(), -32600, 1)
+    wire.send('{"jsonrpc": "1.0", "id": 2, "method": "ping"}')
+    assert_error(wire.read(), -32600, 2)
+    wire.send('{"jsonrpc": "2.0", "id": 3}')
+    assert_error(wire.read(), -32600, 3)
+    wire.send('{"jsonrpc": "2.0", "id": 4, "method": 17}')
+    assert_error(wire.read(), -32600, 4)
+    wire.ping()
+
+
+def test_unknown_method_is_method_not_found(wire):
+    """An unknown method → -32601 naming it; a handler name is not a method."""
+    wire.request("no_such_method", request_id=5)
+    error = assert_error(wire.read(), -32601, 5)
+    assert "no_such_method" in error["message"]
+    wire.request("rpc_ping", request_id=6)
+    assert_error(wire.read(), -32601, 6)
+    wire.ping()
+
+
+@pytest.mark.parametrize(
+    ("params", "needle"),
+    [
+        ({}, "name"),  # missing name
+        ({"name": 5}, "name"),  # wrong type
+        ({"name": ["sleeper"]}, "name"),  # wrong type
+        ({"name": "sleeper", "bogus": 1}, "bogus"),  # unknown param
+        (["sleeper", "extra"], "status"),  # too many positional params
+        (5, "params"),  # params neither object nor array
+    ],
+)
+def test_bad_params_are_invalid_params(wire, params, needle):
+    """Missing, mistyped or unknown params → -32602 with a message naming the problem."""
+    wire.request("status", params, request_id=7)
+    error = assert_error(wire.read(), -32602, 7)
+    assert needle in error["message"], error
+    wire.ping()
+
+
+def test_bad_optional_params_are_invalid_params(wire):
+    """Optional params are checked too: logs lines must be a non-negative integer."""
+    wire.request("logs", {"name": "sleeper", "lines": "ten"}, request_id=8)
+    assert_error(wire.read(), -32602, 8)
+    wire.request("logs", {"name": "sleeper", "lines": -1}, request_id=9)
+    assert_error(wire.read(), -32602, 9)
+    wire.request("kill", {"name": "sleeper", "signal": True}, request_id=10)
+    assert_error(wire.read(), -32602, 10)
+    wire.ping()
+
+
+def test_frame_over_one_mib_is_refused_and_connection_goes_on(wire):
+    """A line over 1 MiB → -32600; the rest of it is skipped and the connection still answers."""
+    padding = "x" * (MIB + 4096)
+    wire.send(json.dumps({"jsonrpc": "2.0", "id": 11, "method": "ping", "params": {"p": padding}}))
+    error = assert_error(wire.read(), -32600)
+    assert "1 MiB" in error["message"] or "large" in error["message"], error
+    wire.ping(12)
+    # A second oversized frame on the same connection is refused the same way.
+    wire.send("[" + "1," * (MIB // 2 + 100) + "1]")
+    assert_error(wire.read(), -32600)
+    wire.ping(13)
+
+
+def test_frame_just_under_one_mib_is_parsed(wire):
+    """A frame a little under 1 MiB is read and parsed: it reaches param checking."""
+    padding = "x" * (MIB - 4096)
+    wire.send(json.dumps({"jsonrpc": "2.0", "id": 14, "method": "ping", "params": {"p": padding}}))
+    error = assert_error(wire.read(), -32602, 14)
+    assert "'p'" in error["message"], error
+    wire.ping()
+
+
+def test_params_by_position(wire):
+    """Params may be given by position in the declared order."""
+    wire.request("status", ["sleeper"], request_id=15)
+    reply = wire.read()
+    assert reply["id"] == 15
+    assert reply["result"]["name"] == "sleeper"
+    assert reply["result"]["state"] == "Running"
+    wire.request("logs", ["sleeper", 0], request_id=16)
+    reply = wire.read()
+    assert reply["id"] == 16
+    assert reply["result"] == []
+
+
+def test_notification_gets_no_reply_but_runs(daemon, wire):
+    """A request without id is a notification: it is carried out, and nothing is sent back."""
+    wire.send('{"jsonrpc": "2.0", "method": "ping"}')
+    wire.send('{"jsonrpc": "2.0", "method": "stop", "params": {"name": "sleeper"}}')
+    reply = wire.ping(17)  # the next line read must be this reply, nothing before it
+    assert reply["id"] == 17
+    assert daemon.status("sleeper")["state"] == "Exited"
+
+
+def test_issue_2_failing_notification_gets_no_reply(wire):
+    """JSON-RPC 2.0 section 4.1: the server MUST NOT reply to a notification, even one that
+    fails (unknown method, bad params, unknown unit); only a malformed request is answered."""
+    wire.send('{"jsonrpc": "2.0", "method": "no_such_method"}')
+    wire.send('{"jsonrpc": "2.0", "method": "status", "params": {"bogus": 1}}')
+    wire.send('{"jsonrpc": "2.0", "method": "status", "params": {"name": "nope"}}')
+    reply = wire.ping(18)  # the next line read must be this reply, nothing before it
+    assert reply["id"] == 18
+
+
+def test_null_id_is_a_request_not_a_notification(wire):
+    """An "id": null is still a request and gets a reply with id null."""
+    wire.send('{"jsonrpc": "2.0", "id": null, "method": "ping"}')
+    reply = wire.read()
+    assert reply["id"] is None
+    assert reply["result"]["pong"] is True
+
+
+def test_string_id_is_echoed(wire):
+    wire.send('{"jsonrpc": "2.0", "id": "abc", "method": "ping"}')
+    reply = wire.read()
+    assert reply["id"] == "abc"
+    assert reply["result"]["pong"] is True
+
+
+def test_batch_gets_an_array(wire):
+    """A batch gets one array of replies: one per request, none for notifications."""
+    batch = [
+        {"jsonrpc": "2.0", "id": 1, "method": "ping"},
+        {"jsonrpc": "2.0", "id": 2, "method": "status", "params": {"name": "sleeper"}},
+        {"jsonrpc": "2.0", "method": "ping"},
+        {"jsonrpc": "2.0", "id": 3, "method": "no_such_method"},
+        42,
+    ]
+    wire.send(json.dumps(batch))
+    replies = wire.read()
+    assert isinstance(replies, list)
+    assert len(replies) == 4, replies
+    by_id = {reply["id"]: reply for reply in replies}
+    assert by_id[1]["result"]["pong"] is True
+    assert by_id[2]["result"]["name"] == "sleeper"
+    assert by_id[3]["error"]["code"] == -32601
+    assert by_id[None]["error"]["code"] == -32600
+    wire.ping()
+
+
+def test_batch_of_notifications_and_empty_batch(wire):
+    """A batch of notifications only gets no reply; an empty batch is an invalid request."""
+    wire.send(json.dumps([{"jsonrpc": "2.0", "method": "ping"}] * 3))
+    wire.send("[]")
+    assert_error(wire.read(), -32600)
+    wire.ping()
+
+
+def client_rpc_methods() -> set[str]:
+    """The RPC method behind each public method of ZinitClient."""
+    not_rpc = {"connect_unix", "close", "call", "notifications"}
+    renamed = {
+        "follow_logs": "logs.follow",
+        "events": "events.subscribe",
+        "discover": "rpc.discover",
+    }
+    names = {
+        name
+        for name in dir(zinit.ZinitClient)
+        if not name.startswith("_") and callable(getattr(zinit.ZinitClient, name))
+    }
+    return {renamed.get(name, name) for name in names - not_rpc}
+
+
+def test_rpc_discover_lists_every_method(wire):
+    """rpc.discover returns an OpenRPC document naming every method the client exposes."""
+    wire.request("rpc.discover", request_id=18)
+    reply = wire.read()
+    assert reply["id"] == 18
+    document = reply["result"]
+    assert document["openrpc"].startswith("1.")
+    assert document["info"]["title"] == "zinit"
+    methods = {method["name"]: method for method in document["methods"]}
+    assert len(methods) == len(document["methods"]), "a method is listed twice"
+    expected = client_rpc_methods()
+    assert expected <= set(methods), expected - set(methods)
+    assert set(methods) == expected, set(methods) - expected
+    for method in methods.values():
+        assert isinstance(method["params"], list)
+        assert "result" in method
+        for param in method["params"]:
+            assert {"name", "schema"} <= set(param)
+    assert [p["name"] for p in methods["status"]["params"]] == ["name"]
+    assert methods["add_service"]["params"][0]["name"] == "toml"
+
+
+def test_unknown_unit_is_server_error_with_name(wire):
+    """An unknown unit → -32000 whose data names the unit."""
+    wire.request("status", {"name": "nope"}, request_id=19)
+    error = assert_error(wire.read(), -32000, 19)
+    assert error["data"]["name"] == "nope"
+    assert "nope" in error["message"]
+    for method in ("start", "stop", "restart", "why", "debug_procs"):
+        wire.request(method, {"name": "nope"}, request_id=20)
+        error = assert_error(wire.read(), -32000, 20)
+        assert error["data"]["name"] == "nope"
+    wire.ping()
+
+
+def test_many_connections_at_once(daemon):
+    """Several connections are served independently; closing one does not affect another."""
+    daemon.start()
+    first, second = Wire(daemon.socket), Wire(daemon.socket)
+    try:
+        first.send("{half a fr")  # no newline yet: the daemon waits for the rest
+        second.ping(1)
+        first.send('ame"}')
+        assert_error(first.read(), -32700)
+        first.close()
+        second.ping(2)
+    finally:
+        second.close()
+
+
+def test_socket_is_owner_only(daemon):
+    """The control socket is created mode 0600, owned by the daemon's user."""
+    daemon.start()
+    info = os.stat(daemon.socket)
+    assert stat.S_ISSOCK(info.st_mode)
+    assert stat.S_IMODE(info.st_mode) == 0o600, oct(info.st_mode)
+    assert info.st_uid == os.getuid()
+
+
+def test_socket_group_opens_socket_to_a_group(daemon):
+    """--socket-group GROUP makes the socket 0660 with that group."""
+    group = grp.getgrgid(0).gr_name
+    daemon.start("--socket-group", group)
+    info = os.stat(daemon.socket)
+    assert stat.S_ISSOCK(info.st_mode)
+    assert stat.S_IMODE(info.st_mode) == 0o660, oct(info.st_mode)
+    assert info.st_gid == 0
+
+
+def test_unknown_socket_group_refuses_to_start(daemon):
+    """An unknown --socket-group is an error at start, exit 1, naming the group."""
+    daemon.start("--socket-group", "no-such-group-zinit", wait=False)
+    assert daemon.proc.wait(60) == 1
+    assert "no-such-group-zinit" in daemon.log()
+
+
+def test_second_daemon_on_same_socket_refuses(daemon):
+    """A second daemon on a live socket exits 1 naming the socket; the first keeps answering."""
+    daemon.start()
+    second = subprocess.run(
+        [PYTHON, ZINIT_PY, "server", "--config-dir", str(daemon.config_dir),
+         "--socket", daemon.socket],
+        check=False, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert second.returncode == 1, second
+    assert daemon.socket in second.stderr
+    with zinit.ZinitClient.connect_unix(daemon.socket, timeout=30) as client:
+        assert client.ping()["pid"] == daemon.proc.pid
+    assert stat.S_ISSOCK(os.stat(daemon.socket).st_mode)
+
+
+def test_socket_path_that_is_not_a_socket_is_not_replaced(daemon):
+    """A regular file at the socket path is left alone: the daemon refuses to start."""
+    with open(daemon.socket, "w") as stream:
+        stream.write("precious\n")
+    daemon.start(wait=False)
+    assert daemon.proc.wait(60) == 1
+    assert daemon.socket in daemon.log()
+    with open(daemon.socket) as stream:
+        assert stream.read() == "precious\n"
+
+
+def test_stale_socket_is_replaced(tmp_path):
+    """A socket file left by a SIGKILLed daemon is replaced when a new daemon starts."""
+    first = Daemon(tmp_path)
+    second = Daemon(tmp_path)
+    try:
+        first.start()
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(30)
+        assert stat.S_ISSOCK(os.lstat(first.socket).st_mode), "the socket file should remain"
+        with pytest.raises(zinit.DaemonUnavailable):
+            zinit.ZinitClient.connect_unix(first.socket, timeout=5)
+        second.start()
+        with zinit.ZinitClient.connect_unix(second.socket, timeout=30) as client:
+            assert client.ping()["pid"] == second.proc.pid
+        assert stat.S_IMODE(os.stat(second.socket).st_mode) == 0o600
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_socket_removed_on_exit(daemon):
+    """An ordered shutdown (SIGTERM) removes the socket file."""
+    daemon.start()
+    assert daemon.stop() == 0
+    wait_until(lambda: not os.path.exists(daemon.socket), timeout=10, what="socket removal")
