@@ -14,7 +14,7 @@ set -euo pipefail
 
 cd "$(dirname "$0")"
 PYTHON="${PYTHON:-python3}"
-OUT=dist/zinit.pyz
+OUT="${OUT:-dist/zinit.pyz}"
 
 # The target minor: --python-version if given, else the building interpreter's.
 target="$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
@@ -49,7 +49,7 @@ if ((${#args[@]})); then
     src=("$tmp"/wheel/zinit-*.whl --implementation cp --only-binary=:all:)
 fi
 
-mkdir -p dist
+mkdir -p "$(dirname "$OUT")"
 echo "==> building $OUT for python$target"
 "${shiv[@]}" -c zinit -o "$OUT" --reproducible --compressed --compile-pyc \
     -p "/usr/bin/env python$target" "${src[@]}" "${args[@]}"

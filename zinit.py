@@ -29,7 +29,7 @@ Section map (``grep -n '^# ==== '`` lists the same):
     16. supervisor           registry, dependency gating, cascades, reload
     17. rpc server           the control socket and its handlers
     18. server entry         ``zinit-server``
-    19. pid1 shim            ``zinit-pid1``
+    19. PID-1 shim           ``zinit-pid1``
     20. main dispatch        multi-call entry point
 
 Invariants:
@@ -45,7 +45,7 @@ Invariants:
   message and reads snapshots.
 """
 
-# ==== 1. Imports ===========================================================
+# ==== 1. Imports =============================================================
 # Cheap standard-library modules only.  gevent, psutil, tomllib, ssl and
 # http.client are imported inside the functions of the daemon half.
 
@@ -93,7 +93,7 @@ __all__ = [
 
 __version__ = "0.1.0"
 
-# ==== 2. Constants =========================================================
+# ==== 2. Constants ===========================================================
 # Default paths (SPEC section 2), protocol limits and the unit-name pattern.
 # Everything tunable lives here so that the rest reads without magic numbers.
 
@@ -138,7 +138,7 @@ def default_socket_path() -> str:
 
 DEFAULT_SYSTEM_DIR = "/etc/zinit/system"
 
-# ==== 3. Errors ============================================================
+# ==== 3. Errors ==============================================================
 # One base class; each subclass keeps fields and builds its text in __str__.
 # _FAULTS maps each class to its JSON-RPC code and CLI exit code; only the
 # edges (RPC server, client, CLI) translate through it.
@@ -262,7 +262,7 @@ def _fault_of(error: ZinitError) -> tuple[int, int]:
     return (INTERNAL_ERROR, 1)
 
 
-# ==== 4. Utilities =========================================================
+# ==== 4. Utilities ===========================================================
 # Small pure helpers used on both halves: signal names, durations, table
 # formatting.  No I/O beyond what the caller hands in.
 
@@ -325,7 +325,7 @@ def is_unit_name(name: object) -> bool:
     return isinstance(name, str) and UNIT_NAME_RE.fullmatch(name) is not None
 
 
-# ==== 5. Config ============================================================
+# ==== 5. Config ==============================================================
 # Unit files are TOML (SPEC section 3), one unit per file named <unit>.toml.
 # Parsing is strict: unknown keys and wrong types are ConfigErrors that name
 # file, line, column and key.  One bad file never stops the others loading.
@@ -785,7 +785,7 @@ def load_config_dirs(
     return units, errors
 
 
-# ==== 6. Graph =============================================================
+# ==== 6. Graph ===============================================================
 # Pure functions over {name: UnitConfig}: no I/O, no state.  Every one runs
 # in time linear in units + edges.  "Edges" are requires, wants and after:
 # the relations that order a start; conflicts only exclude.
@@ -976,7 +976,7 @@ def dependency_tree(units: dict[str, UnitConfig], root: str | None = None) -> li
     return [build(name, "root", frozenset()) for name in roots]
 
 
-# ==== 7. States ============================================================
+# ==== 7. States ==============================================================
 # The seven states of SPEC section 4, the transitions allowed between them,
 # and the frozen snapshot that leaves a unit's greenlet for RPC replies.
 # Service._set_state (section 15) is the only writer of a unit's state.
@@ -1042,7 +1042,7 @@ class UnitStatus:
         return data
 
 
-# ==== 8. Protocol ==========================================================
+# ==== 8. Protocol ============================================================
 # JSON-RPC 2.0, one JSON text per line, over a unix stream socket.  Requests
 # carry params by name or by position; streams (log follow, events) answer
 # once, then send notifications ("log", "event") on the same connection.
@@ -1178,7 +1178,7 @@ def _error_from_reply(error: dict[str, Any]) -> ZinitError:
     return result
 
 
-# ==== 9. Client ============================================================
+# ==== 9. Client ==============================================================
 # ZinitClient (blocking, stdlib sockets) and AsyncZinitClient (asyncio).  Both
 # inherit the named calls of _Calls, which only build (method, params); the
 # subclass's _call sends it.  Notifications that arrive while a reply is
@@ -1470,7 +1470,7 @@ class AsyncZinitClient(_Calls):
                 yield message["params"]
 
 
-# ==== 10. CLI ==============================================================
+# ==== 10. CLI ================================================================
 # ``zinit [--socket PATH] [--json] COMMAND ...``: argparse sub-commands, each
 # a _cmd_<name> function that talks to the daemon through ZinitClient and
 # prints a table or JSON.  Exit codes: 0 ok, 1 the daemon said no, 2 usage,
@@ -2066,7 +2066,7 @@ def cli_main(argv: list[str]) -> int:
         return 130
 
 
-# ==== 11. Daemon runtime ===================================================
+# ==== 11. Daemon runtime =====================================================
 # The daemon half starts here: everything below may use gevent and psutil,
 # always imported inside functions.  _Runtime owns the gevent hub set-up: no
 # monkey-patching (stdlib Popen deadlocks under patch_all(subprocess=False),
@@ -2150,7 +2150,7 @@ class _Runtime:
             self._exit_waiters.discard(event)
 
 
-# ==== 12. Log ring =========================================================
+# ==== 12. Log ring ===========================================================
 # A bounded ring of lines per unit, fed by one reader greenlet per pipe.
 # Readers wait for readability on the hub (no polling) and cut lines at
 # MAX_LOG_LINE_BYTES so that memory stays bounded whatever a service writes.
@@ -2240,7 +2240,7 @@ def _split_lines(data: bytes) -> list[str]:
     return lines
 
 
-# ==== 13. Processes ========================================================
+# ==== 13. Processes ==========================================================
 # Spawning a service (own session and process group, optional user/group,
 # a per-service cgroup v2 leaf when one is writable), signalling its whole
 # tree, and finding what is left of it after the main process ended.
@@ -2518,7 +2518,7 @@ def _kill_pids(pids: list[int], signum: int) -> None:
             pass
 
 
-# ==== 14. Health checks ====================================================
+# ==== 14. Health checks ======================================================
 # One probe = one bounded attempt: http (2xx/3xx), tcp (connect) or exec
 # (exit 0).  Each returns (ok, detail) and never raises; the timeout bounds
 # the whole attempt, and an exec probe's process group is killed with it.
@@ -2625,7 +2625,7 @@ def _probe_exec(runtime: _Runtime, command: str) -> tuple[bool, str]:
     return False, f"{command!r} {describe_exit(code)}"
 
 
-# ==== 15. Service ==========================================================
+# ==== 15. Service ============================================================
 # One greenlet per unit runs Service._run, the only code that changes that
 # unit.  Others post typed messages (_Start, _Stop, _ChildExited, ...) to its
 # mailbox and read UnitStatus snapshots.  ``wanted`` is the one exception:
@@ -3181,7 +3181,7 @@ class Service:
         self._readers = []
 
 
-# ==== 16. Supervisor =======================================================
+# ==== 16. Supervisor =========================================================
 # The registry of units and the graph over their configs.  It gates starts
 # (Supervisor.gate), forwards every transition to the units that depend on
 # the one that moved, cascades stops (dependents first, in parallel waves),
@@ -3810,7 +3810,7 @@ def _declared_name(text: str) -> str:
     )
 
 
-# ==== 17. RPC server =======================================================
+# ==== 17. RPC server =========================================================
 # The control socket: a gevent StreamServer on a unix socket (mode 0600, or
 # 0660 with --socket-group), one greenlet per connection.  Frames are bounded
 # at MAX_FRAME_BYTES; every malformed frame gets its JSON-RPC error and the
@@ -4167,7 +4167,7 @@ def _bind_params(method: _Method, params: Any) -> dict[str, Any]:
     return params
 
 
-# ==== 18. Server entry =====================================================
+# ==== 18. Server entry =======================================================
 # ``zinit-server``: set up the hub, load the config directories, bind the
 # socket, boot the units, then sleep until a shutdown (RPC, SIGTERM, SIGINT).
 # SIGHUP reloads.  The main greenlet waits on an event: no periodic wake-up.
@@ -4318,7 +4318,7 @@ def _raise_fd_limit() -> None:
             pass
 
 
-# ==== 19. PID-1 shim =======================================================
+# ==== 19. PID-1 shim =========================================================
 # ``zinit-pid1``: standard library only, so that PID 1 stays small and never
 # depends on gevent.  It blocks the signals it handles and takes them with
 # sigwaitinfo (no handlers, no polling), runs zinit-server as its child,
@@ -4538,7 +4538,7 @@ def pid1_main(argv: list[str] | None = None) -> int:
         shim.spawn_server()
 
 
-# ==== 20. Main dispatch ====================================================
+# ==== 20. Main dispatch ======================================================
 # One file, three programs: the basename of argv[0] (zinit, zinit-server,
 # zinit-pid1, with or without .py/.pyz) or a first argument (server, pid1)
 # picks the entry point.

@@ -1,0 +1,113 @@
+"""The single-file zinit.pyz: built by build_pyz.sh, copied alone, run by any name.
+
+The build needs shiv (in the test extra) and takes a few seconds; it runs
+once per module.  Extraction goes to a private SHIV_ROOT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import shutil
+import subprocess
+
+import pytest
+from conftest import PYTHON, ROOT, wait_until
+
+import zinit
+
+
+def _build(out: pathlib.Path) -> None:
+    result = subprocess.run(
+        ["bash", str(ROOT / "build_pyz.sh")],
+        env=dict(os.environ, OUT=str(out), PYTHON=PYTHON),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, pathlib.Path]:
+    base = tmp_path_factory.mktemp("pyz")
+    first, second = base / "first" / "zinit.pyz", base / "second" / "zinit.pyz"
+    _build(first)
+    _build(second)
+    return first, second
+
+
+@pytest.fixture
+def lone_pyz(builds, tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> pathlib.Path:
+    """The .pyz copied alone into an empty directory, with a private extraction cache."""
+    home = tmp_path / "empty"
+    home.mkdir()
+    target = home / "zinit.pyz"
+    shutil.copy2(builds[0], target)
+    monkeypatch.setenv("SHIV_ROOT", str(tmp_path / "shiv-cache"))
+    return target
+
+
+def _run(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_issue_4_two_builds_are_byte_identical(builds):
+    """build_pyz.sh is reproducible: building twice gives the same bytes."""
+    first, second = builds
+    digest = [hashlib.sha256(path.read_bytes()).hexdigest() for path in (first, second)]
+    assert digest[0] == digest[1]
+    assert first.stat().st_size > 1_000_000  # gevent and psutil are inside
+
+
+def test_issue_4_pyz_runs_cli_server_and_links_alone(lone_pyz, tmp_path):
+    """Copied alone: --help, the server on a config dir, the CLI against it, install's links."""
+    help_text = _run(PYTHON, str(lone_pyz), "--help")
+    assert help_text.returncode == 0, help_text.stderr
+    assert "usage: zinit" in help_text.stdout
+
+    services = tmp_path / "services"
+    services.mkdir()
+    (services / "napper.toml").write_text('[service]\nexec = "sleep 1000"\n')
+    sock = str(tmp_path / "zinit.sock")
+    log = tmp_path / "server.log"
+    with open(log, "wb") as stream:
+        server = subprocess.Popen(
+            [PYTHON, str(lone_pyz), "server", "--config-dir", str(services), "--socket", sock],
+            stdout=stream,
+            stderr=stream,
+        )
+    try:
+        wait_until(lambda: _state(sock, "napper") == "Running", timeout=60, what="napper")
+        listing = _run(PYTHON, str(lone_pyz), "--socket", sock, "--json", "list")
+        assert listing.returncode == 0, listing.stderr
+        assert '"napper"' in listing.stdout
+
+        bin_dir = tmp_path / "bin"
+        installed = _run(PYTHON, str(lone_pyz), "install", str(bin_dir))
+        assert installed.returncode == 0, installed.stderr
+        for name in ("zinit", "zinit-server", "zinit-pid1"):
+            link = bin_dir / name
+            assert link.is_symlink() and link.resolve() == lone_pyz.resolve()
+        # Run each name through the interpreter, as its shebang would.
+        status = _run(PYTHON, str(bin_dir / "zinit"), "--socket", sock, "status", "napper")
+        assert status.returncode == 0 and "Running" in status.stdout, status.stderr
+        assert "usage: zinit-server" in _run(PYTHON, str(bin_dir / "zinit-server"), "--help").stdout
+        assert "usage: zinit-pid1" in _run(PYTHON, str(bin_dir / "zinit-pid1"), "--help").stdout
+        stopped = _run(PYTHON, str(bin_dir / "zinit"), "--socket", sock, "shutdown")
+        assert stopped.returncode == 0, stopped.stderr
+        assert server.wait(60) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(30)
+
+
+def _state(sock: str, name: str) -> str | None:
+    try:
+        with zinit.ZinitClient.connect_unix(sock, timeout=10) as client:
+            return client.status(name)["state"]
+    except (zinit.ZinitError, OSError):
+        return None
