@@ -27,10 +27,11 @@ Section map (``grep -n '^# ==== '`` lists the same):
     14. health checks        http, tcp and exec probes
     15. service              one greenlet per unit: its whole life
     16. supervisor           registry, dependency gating, cascades, reload
-    17. rpc server           the control socket and its handlers
-    18. server entry         ``zinit-server``
-    19. PID-1 shim           ``zinit-pid1``
-    20. main dispatch        multi-call entry point
+    17. xinet proxy          socket activation: listen, start on demand, splice
+    18. rpc server           the control socket and its handlers
+    19. server entry         ``zinit-server``
+    20. PID-1 shim           ``zinit-pid1``
+    21. main dispatch        multi-call entry point
 
 Invariants:
 
@@ -427,6 +428,15 @@ _TABLES = {
     ),
     "health": ("type", "endpoint", "command", "interval_ms", "timeout_ms", "retries"),
     "logging": ("buffer_lines",),
+    "xinet": (
+        "name",
+        "listen",
+        "backend",
+        "service",
+        "connect_timeout",
+        "idle_timeout",
+        "single_connection",
+    ),
 }
 _TOML_POSITION_RE = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 _TOML_KEY_RE = re.compile(r"""\s*("[^"]*"|'[^']*'|[A-Za-z0-9_-]+(?:\s*\.\s*[A-Za-z0-9_-]+)*)\s*=""")
@@ -527,12 +537,10 @@ class _UnitParser:
                 raise self.error(dotted, f"{item!r} is not a unit name")
         return tuple(dict.fromkeys(value))
 
-    def parse(self, data: dict[str, Any]) -> UnitConfig:
+    def parse(self, data: dict[str, Any]) -> UnitConfig | XinetConfig:
+        if "xinet" in data:
+            return self.xinet(data)
         for key in data:
-            if key == "xinet":
-                raise self.error(
-                    key, "xinet proxies are not supported by this version", at_key=True
-                )
             if key not in _TABLES:
                 raise self.error(key, f"unknown table (allowed: {', '.join(_TABLES)})", at_key=True)
         kinds = [kind for kind in ("service", "target") if kind in data]
@@ -664,6 +672,31 @@ class _UnitParser:
             retries=self.integer(table, "health.retries", 3, minimum=1),
         )
 
+    def xinet(self, data: dict[str, Any]) -> XinetConfig:
+        others = [key for key in data if key != "xinet"]
+        if others:
+            raise self.error(others[0], "a file with [xinet] holds nothing else", at_key=True)
+        table = self.table(data, "xinet")
+        declared = self.string(table, "xinet.name")
+        if declared is not None and declared != self.name:
+            raise self.error(
+                "xinet.name", f"must equal the file name {self.name!r}, got {declared!r}"
+            )
+        listen = table.get("listen")
+        try:
+            return xinet_config(
+                name=self.name,
+                listen=[listen] if isinstance(listen, str) else listen,
+                backend=table.get("backend"),
+                service=table.get("service"),
+                connect_timeout=table.get("connect_timeout", 30),
+                idle_timeout=table.get("idle_timeout", 0),
+                single_connection=table.get("single_connection", False),
+                path=self.path,
+            )
+        except _FieldError as error:
+            raise self.error(f"xinet.{error.key}", error.reason) from None
+
 
 def _env_text(value: object) -> str:
     if isinstance(value, bool):
@@ -683,7 +716,90 @@ def split_host_port(text: str) -> tuple[str, int]:
     return host, port
 
 
-def parse_unit_text(text: str, path: str, name: str) -> UnitConfig:
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class XinetConfig:
+    """One socket-activation proxy: listen addresses, backend, the unit it starts."""
+
+    name: str
+    listen: tuple[str, ...]
+    backend: str
+    service: str
+    connect_timeout_s: float = 30.0
+    idle_timeout_s: float = 0.0
+    single_connection: bool = False
+    path: str = ""  # the declaring file; empty for a proxy set over RPC
+
+
+class _FieldError(Exception):
+    """One bad field of a proxy definition (turned into ConfigError or UsageError)."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+
+def parse_address(text: str) -> tuple[str, Any]:
+    """Parse ``host:port``, ``tcp:host:port``, ``[v6]:port`` or ``unix:/path``.
+
+    Returns ("tcp", (host, port)) or ("unix", path); raises ValueError.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"expected an address string, got {text!r}")  # noqa: TRY004 - one error type for every bad value
+    if text.startswith("unix:"):
+        path = text[len("unix:") :]
+        if not path.startswith("/") or "\0" in path:
+            raise ValueError(f"expected unix:/absolute/path, got {text!r}")
+        return "unix", path
+    host, port = split_host_port(text.removeprefix("tcp:"))
+    return "tcp", (host, port)
+
+
+def xinet_config(
+    *,
+    name: object,
+    listen: object,
+    backend: object,
+    service: object,
+    connect_timeout: object = 30,
+    idle_timeout: object = 0,
+    single_connection: object = False,
+    path: str = "",
+) -> XinetConfig:
+    """Validate a proxy definition; raise _FieldError naming the bad field."""
+    if not is_unit_name(name):
+        raise _FieldError("name", f"{name!r} is not a valid name")
+    if not isinstance(listen, list | tuple) or not listen:
+        raise _FieldError("listen", "required: one or more addresses")
+    for field, values in (("listen", list(listen)), ("backend", [backend])):
+        for value in values:
+            try:
+                parse_address(value)  # type: ignore[arg-type]
+            except ValueError as error:
+                raise _FieldError(field, str(error)) from None
+    if not is_unit_name(service):
+        raise _FieldError("service", f"required: the unit to start, got {service!r}")
+    timeouts = {"connect_timeout": connect_timeout, "idle_timeout": idle_timeout}
+    for field, value in timeouts.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise _FieldError(field, f"expected seconds >= 0, got {value!r}")
+    if not connect_timeout:
+        raise _FieldError("connect_timeout", "must be more than 0 seconds")
+    if not isinstance(single_connection, bool):
+        raise _FieldError("single_connection", f"expected true or false, got {single_connection!r}")
+    return XinetConfig(
+        name=name,  # type: ignore[arg-type]
+        listen=tuple(listen),  # type: ignore[arg-type]
+        backend=backend,  # type: ignore[arg-type]
+        service=service,  # type: ignore[arg-type]
+        connect_timeout_s=float(connect_timeout),  # type: ignore[arg-type]
+        idle_timeout_s=float(idle_timeout),  # type: ignore[arg-type]
+        single_connection=single_connection,
+        path=path,
+    )
+
+
+def parse_unit_text(text: str, path: str, name: str) -> UnitConfig | XinetConfig:
     """Parse and validate one unit's TOML text.
 
     ``path`` is only used in messages; ``name`` is the unit's name (the file
@@ -709,7 +825,7 @@ def parse_unit_text(text: str, path: str, name: str) -> UnitConfig:
     return _UnitParser(path, text, name).parse(data)
 
 
-def load_unit_file(path: str, *, unit_class: str | None = None) -> UnitConfig:
+def load_unit_file(path: str, *, unit_class: str | None = None) -> UnitConfig | XinetConfig:
     """Read and validate one ``<name>.toml`` file.
 
     ``unit_class`` forces the class (the system directory forces "system").
@@ -726,7 +842,7 @@ def load_unit_file(path: str, *, unit_class: str | None = None) -> UnitConfig:
     except UnicodeDecodeError as error:
         raise ConfigError(path, f"not UTF-8 text ({error.reason} at byte {error.start})") from None
     config = parse_unit_text(text, path, name)
-    if unit_class and config.unit_class != unit_class:
+    if unit_class and isinstance(config, UnitConfig) and config.unit_class != unit_class:
         config = dataclasses.replace(config, unit_class=unit_class)
     return config
 
@@ -734,55 +850,55 @@ def load_unit_file(path: str, *, unit_class: str | None = None) -> UnitConfig:
 def load_config_dir(
     directory: str, *, unit_class: str | None = None
 ) -> tuple[dict[str, UnitConfig], dict[str, ConfigError]]:
-    """Load every ``*.toml`` in a directory.
+    """Load every unit ``*.toml`` in a directory (proxy files are left out).
 
     Returns (units by name, errors by unit name or file stem).  A missing
     directory is an empty one; a broken file is one error, not a failure.
     """
-    units: dict[str, UnitConfig] = {}
-    errors: dict[str, ConfigError] = {}
-    try:
-        names = sorted(entry for entry in os.listdir(directory) if entry.endswith(".toml"))
-    except FileNotFoundError:
-        return units, errors
-    except OSError as error:
-        errors[directory] = ConfigError(directory, f"cannot list directory ({error.strerror})")
-        return units, errors
-    for entry in names:
-        path = os.path.join(directory, entry)
-        if not os.path.isfile(path):
-            continue
-        try:
-            config = load_unit_file(path, unit_class=unit_class)
-        except ConfigError as error:
-            errors[entry.removesuffix(".toml")] = error
-        else:
-            units[config.name] = config
+    units, _, errors = load_config_dirs([(directory, unit_class)])
     return units, errors
 
 
 def load_config_dirs(
     directories: list[tuple[str, str | None]],
-) -> tuple[dict[str, UnitConfig], dict[str, ConfigError]]:
-    """Load several directories in order; a later duplicate name is an error."""
+) -> tuple[dict[str, UnitConfig], dict[str, XinetConfig], dict[str, ConfigError]]:
+    """Load several (directory, forced class) in order: units, proxies and errors.
+
+    A name defined twice is an error on the later file.
+    """
     units: dict[str, UnitConfig] = {}
+    proxies: dict[str, XinetConfig] = {}
     errors: dict[str, ConfigError] = {}
     for directory, unit_class in directories:
-        found, failed = load_config_dir(directory, unit_class=unit_class)
-        for name, config in found.items():
-            if name in units or name in errors:
+        try:
+            entries = sorted(entry for entry in os.listdir(directory) if entry.endswith(".toml"))
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            errors[directory] = ConfigError(directory, f"cannot list directory ({error.strerror})")
+            continue
+        for entry in entries:
+            path = os.path.join(directory, entry)
+            name = entry.removesuffix(".toml")
+            if not os.path.isfile(path):
+                continue
+            earlier = units.get(name) or proxies.get(name) or errors.get(name)
+            if earlier is not None:
                 errors.setdefault(
-                    name,
-                    ConfigError(
-                        config.path,
-                        f"unit {name!r} is already defined in {units[name].path if name in units else errors[name].path}",
-                    ),
+                    f"{name} ({path})",
+                    ConfigError(path, f"{name!r} is already defined in {earlier.path}"),
                 )
+                continue
+            try:
+                config = load_unit_file(path, unit_class=unit_class)
+            except ConfigError as error:
+                errors[name] = error
+                continue
+            if isinstance(config, XinetConfig):
+                proxies[name] = config
             else:
                 units[name] = config
-        for name, error in failed.items():
-            errors.setdefault(name, error)
-    return units, errors
+    return units, proxies, errors
 
 
 # ==== 6. Graph ===============================================================
@@ -1122,6 +1238,22 @@ _METHODS: tuple[_Method, ...] = (
     _Method("events.subscribe", "Each state change as an 'event' notification"),
     _Method("debug_state", "The whole graph and every unit's internals"),
     _Method("debug_procs", "The process tree of a unit", (_NAME,)),
+    _Method(
+        "xinet.set",
+        "Create or replace a socket-activation proxy",
+        (
+            _NAME,
+            _Param("listen", {"type": "array", "items": {"type": "string"}}),
+            _Param("backend", {"type": "string"}),
+            _Param("service", {"type": "string"}),
+            _Param("connect_timeout", {"type": ["number", "null"], "minimum": 0}, required=False),
+            _Param("idle_timeout", {"type": ["number", "null"], "minimum": 0}, required=False),
+            _Param("single_connection", {"type": ["boolean", "null"]}, required=False),
+        ),
+    ),
+    _Method("xinet.delete", "Close a proxy's listeners and forget it", (_NAME,)),
+    _Method("xinet.list", "Every proxy with its status", result={"type": "array"}),
+    _Method("xinet.status", "One proxy's status, or every proxy's", (_OPTIONAL_NAME,)),
     _Method("rpc.discover", "This API as an OpenRPC document"),
 )
 _METHOD_TABLE: dict[str, _Method] = {method.name: method for method in _METHODS}
@@ -1260,6 +1392,39 @@ class _Calls:
 
     def discover(self) -> Any:
         return self._call("rpc.discover")
+
+    def xinet_set(
+        self,
+        name: str,
+        listen: list[str],
+        backend: str,
+        service: str,
+        connect_timeout: float | None = None,
+        idle_timeout: float | None = None,
+        single_connection: bool | None = None,
+    ) -> Any:
+        """Create or replace a socket-activation proxy (see ``zinit xinet set``)."""
+        return self._call(
+            "xinet.set",
+            {
+                "name": name,
+                "listen": list(listen),
+                "backend": backend,
+                "service": service,
+                "connect_timeout": connect_timeout,
+                "idle_timeout": idle_timeout,
+                "single_connection": single_connection,
+            },
+        )
+
+    def xinet_delete(self, name: str) -> Any:
+        return self._call("xinet.delete", {"name": name})
+
+    def xinet_list(self) -> Any:
+        return self._call("xinet.list")
+
+    def xinet_status(self, name: str | None = None) -> Any:
+        return self._call("xinet.status", {"name": name})
 
 
 class ZinitClient(_Calls):
@@ -1789,6 +1954,12 @@ def _cmd_reload(args: argparse.Namespace, out: _Output) -> int:
         out.line(f"{key}: {', '.join(result[key]) or '-'}")
     for error in result["errors"]:
         out.line(f"error: {error['message']}")
+    proxies = result.get("xinet", {})
+    for key in ("added", "removed", "changed"):
+        if proxies.get(key):
+            out.line(f"xinet {key}: {', '.join(proxies[key])}")
+    for error in proxies.get("errors", []):
+        out.line(f"xinet error: {error['name']}: {error['message']}")
     return 0
 
 
@@ -1938,11 +2109,11 @@ def validate_directory(
     directory: str,
 ) -> tuple[list[ConfigError], list[ConfigError], dict[str, UnitConfig]]:
     """Return (errors, warnings, units) for a config directory, without a daemon."""
-    units, errors = load_config_dir(directory)
+    units, proxies, errors = load_config_dirs([(directory, None)])
     problems = list(errors.values())
     warnings: list[ConfigError] = []
 
-    def at(config: UnitConfig, key: str, reason: str) -> ConfigError:
+    def at(config: UnitConfig | XinetConfig, key: str, reason: str) -> ConfigError:
         try:
             with open(config.path, encoding="utf-8") as stream:
                 positions = _key_positions(stream.read())
@@ -1960,7 +2131,95 @@ def validate_directory(
                     continue
                 issue = at(config, f"dependencies.{kind}", f"{dep!r} is not defined")
                 (problems if kind == "requires" else warnings).append(issue)
+    for name, proxy in sorted(proxies.items()):
+        if proxy.service not in units:
+            problems.append(at(proxy, "xinet.service", f"{proxy.service!r} is not defined"))
     return problems, warnings, units
+
+
+def _cmd_xinet_help(args: argparse.Namespace, out: _Output) -> int:
+    raise UsageError("xinet: give an action: set, delete, list or status")
+
+
+def _cmd_xinet_set(args: argparse.Namespace, out: _Output) -> int:
+    with _connect(args) as client:
+        result = client.xinet_set(
+            args.name,
+            args.listen,
+            args.backend,
+            args.service,
+            args.connect_timeout,
+            args.idle_timeout,
+            args.single_connection or None,
+        )
+    if out.as_json:
+        out.json(result)
+    else:
+        out.line(
+            f"{result['name']}: {', '.join(result['listen'])} -> {result['backend']} "
+            f"(starts {result['service']})"
+        )
+    return 0
+
+
+def _cmd_xinet_delete(args: argparse.Namespace, out: _Output) -> int:
+    with _connect(args) as client:
+        result = client.xinet_delete(args.name)
+    if out.as_json:
+        out.json(result)
+    return 0
+
+
+def _cmd_xinet_list(args: argparse.Namespace, out: _Output) -> int:
+    with _connect(args) as client:
+        proxies = client.xinet_list()
+    if out.as_json:
+        out.json(proxies)
+    elif not proxies:
+        out.line("no proxies")
+    else:
+        out.table(
+            ["NAME", "LISTEN", "BACKEND", "SERVICE", "STATE", "ACTIVE", "TOTAL"],
+            [
+                [
+                    p["name"],
+                    ",".join(p["listen"]),
+                    p["backend"],
+                    p["service"],
+                    p["service_state"] or "undefined",
+                    str(p["active"]),
+                    str(p["total"]),
+                ]
+                for p in proxies
+            ],
+            state_column=4,
+        )
+    return 0
+
+
+def _cmd_xinet_status(args: argparse.Namespace, out: _Output) -> int:
+    with _connect(args) as client:
+        result = client.xinet_status(args.name)
+    if out.as_json:
+        out.json(result)
+        return 0
+    for proxy in result if isinstance(result, list) else [result]:
+        out.line(f"{proxy['name']} ({proxy['source']})")
+        out.line(f"  listen:      {', '.join(proxy['listen'])}")
+        out.line(f"  backend:     {proxy['backend']}")
+        out.line(f"  service:     {proxy['service']} ({proxy['service_state'] or 'undefined'})")
+        out.line(
+            f"  connections: {proxy['active']} active, {proxy['total']} total, "
+            f"{proxy['refused']} refused"
+        )
+        out.line(f"  bytes:       {proxy['bytes_in']} in, {proxy['bytes_out']} out")
+        out.line(
+            f"  timeouts:    connect {proxy['connect_timeout']:g}s, idle "
+            f"{proxy['idle_timeout']:g}s{', single connection' if proxy['single_connection'] else ''}"
+        )
+        if proxy.get("last_error"):
+            out.line(f"  last error:  {proxy['last_error']}")
+    return 0
 
 
 def _cli_parser() -> argparse.ArgumentParser:
@@ -2045,6 +2304,51 @@ def _cli_parser() -> argparse.ArgumentParser:
     validate = add("validate", _cmd_validate, "check a config directory offline")
     validate.add_argument("directory", nargs="?")
     validate.add_argument("--config-dir", default=None, help=argparse.SUPPRESS)
+    xinet = add("xinet", _cmd_xinet_help, "socket-activation proxies: set, delete, list, status")
+    proxies = xinet.add_subparsers(dest="xinet_command", metavar="ACTION")
+
+    def add_proxy(name: str, handler: Callable[..., int], text: str) -> argparse.ArgumentParser:
+        sub = proxies.add_parser(name, parents=[common], help=text, description=text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    set_proxy = add_proxy("set", _cmd_xinet_set, "create or replace a proxy")
+    set_proxy.add_argument("name")
+    set_proxy.add_argument(
+        "--listen",
+        action="append",
+        required=True,
+        metavar="ADDR",
+        help="host:port, tcp:host:port, [v6]:port or unix:/path (repeatable)",
+    )
+    set_proxy.add_argument(
+        "--backend", required=True, metavar="ADDR", help="where the service listens"
+    )
+    set_proxy.add_argument("--service", required=True, help="the unit to start on a connection")
+    set_proxy.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="keep retrying the backend this long (default 30)",
+    )
+    set_proxy.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="stop the service after S seconds without a connection (0: never)",
+    )
+    set_proxy.add_argument(
+        "--single-connection",
+        action="store_true",
+        help="refuse a second client while one is connected",
+    )
+    add_proxy("delete", _cmd_xinet_delete, "close a proxy and forget it").add_argument("name")
+    add_proxy("list", _cmd_xinet_list, "list every proxy")
+    add_proxy(
+        "status", _cmd_xinet_status, "show a proxy's status (all without a name)"
+    ).add_argument("name", nargs="?")
     return parser
 
 
@@ -3216,6 +3520,8 @@ class Supervisor:
         self.units: dict[str, Service] = {}
         self.configs: dict[str, UnitConfig] = {}
         self.broken: dict[str, ConfigError] = {}
+        #: Proxies declared in the config directories, as last loaded (section 17 runs them).
+        self.proxy_configs: dict[str, XinetConfig] = {}
         self.cycles: dict[str, str] = {}
         self.dependents: dict[str, set[str]] = {}
         self.conflicts: dict[str, set[str]] = {}
@@ -3223,6 +3529,8 @@ class Supervisor:
         self.finished = gevent.event.Event()
         self.exit_code = 0
         self.on_critical: Callable[[Service], None] | None = None
+        #: Called first thing in shutdown (the server closes its proxies there).
+        self.before_shutdown: list[Callable[[], None]] = []
         self._config_lock = gevent.lock.RLock()
         self._event_queues: set[Any] = set()
         self._log_queues: dict[Any, str | None] = {}
@@ -3231,7 +3539,7 @@ class Supervisor:
 
     def load(self) -> None:
         """Read the config directories and create a Service per unit (none started)."""
-        configs, errors = load_config_dirs(self.directories)
+        configs, self.proxy_configs, errors = load_config_dirs(self.directories)
         for name, error in errors.items():
             _log().error("%s", error)
         for name, config in configs.items():
@@ -3622,6 +3930,11 @@ class Supervisor:
             if name in self.units or name in self.broken or os.path.exists(path):
                 raise UnitStateError(f"unit {name!r} already exists (edit {path} and run reload)")
             config = parse_unit_text(text, path, name)
+            if not isinstance(config, UnitConfig):
+                raise UsageError(
+                    "add-service takes a [service] or [target]; declare a proxy with "
+                    "'zinit xinet set' or an [xinet] file in the config directory"
+                )
             os.makedirs(self.write_dir, exist_ok=True)
             temporary = f"{path}.{os.getpid()}.tmp"
             with open(temporary, "w", encoding="utf-8") as stream:
@@ -3670,7 +3983,7 @@ class Supervisor:
     def reload(self) -> dict[str, Any]:
         """Re-read the config directories and apply only the difference (SPEC 11)."""
         with self._config_lock:
-            new, errors = load_config_dirs(self.directories)
+            new, self.proxy_configs, errors = load_config_dirs(self.directories)
             old = dict(self.configs)
             added = sorted(n for n in new if n not in old)
             removed = sorted(n for n in old if n not in new and n not in errors)
@@ -3730,6 +4043,8 @@ class Supervisor:
             return
         self.shutting_down = True
         _log().info("shutting down (%s)", reason)
+        for hook in self.before_shutdown:
+            hook()
         for unit_class in ("user", "system"):
             names = {n for n, c in self.configs.items() if c.unit_class == unit_class}
             self.stop_units(names, reason)
@@ -3800,7 +4115,7 @@ def _declared_name(text: str) -> str:
     except tomllib.TOMLDecodeError:
         parse_unit_text(text, "<add-service>", "unnamed")  # raises with line and column
         raise
-    for kind in ("service", "target"):
+    for kind in ("service", "target", "xinet"):
         table = data.get(kind)
         if isinstance(table, dict) and isinstance(table.get("name"), str):
             return table["name"]
@@ -3810,7 +4125,379 @@ def _declared_name(text: str) -> str:
     )
 
 
-# ==== 17. RPC server =========================================================
+# ==== 17. Xinet proxy ========================================================
+# Socket activation: a proxy listens for its unit, starts the unit on the
+# first client (holding the client, never refusing it), retries the backend
+# until connect_timeout, then forwards both ways with splice(2) through a
+# pipe, passing half-closes on.  Idle proxies stop their unit.  Uses the
+# supervisor (16) to start and stop units; never touches a unit directly.
+
+#: Bytes moved per splice(2) call, and the pipe size asked for (Linux max).
+_SPLICE_CHUNK_BYTES = 1 << 20
+#: Backend connection retries start this often, doubling up to the max.
+_CONNECT_RETRY_FIRST_S = 0.005
+_CONNECT_RETRY_MAX_S = 0.1
+
+
+def _listen_socket(address: str) -> Any:
+    """Bind and listen on ``address``; raise ZinitError saying why not."""
+    import gevent.socket
+
+    kind, where = parse_address(address)
+    if kind == "unix":
+        if os.path.lexists(where):
+            if not stat.S_ISSOCK(os.lstat(where).st_mode):
+                raise ZinitError(f"{where} exists and is not a socket; refusing to replace it")
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(where)
+            except OSError:
+                os.unlink(where)  # stale: nobody listens there any more
+            else:
+                raise ZinitError(f"{where} is in use by another listener")
+            finally:
+                probe.close()
+        listener = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(where)
+            # Like a TCP port, the socket is open to every local user.
+            os.chmod(where, 0o666)
+        except OSError as error:
+            listener.close()
+            raise ZinitError(f"cannot listen on {address}: {error.strerror or error}") from None
+    else:
+        host, port = where
+        try:
+            family, _, _, _, sockaddr = socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+        except OSError as error:
+            raise ZinitError(f"cannot resolve {address}: {error.strerror or error}") from None
+        listener = gevent.socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listener.bind(sockaddr)
+        except OSError as error:
+            listener.close()
+            raise ZinitError(f"cannot listen on {address}: {error.strerror or error}") from None
+    listener.listen(1024)
+    return listener
+
+
+def _connect_socket(address: str, timeout: float) -> Any:
+    """One connection attempt to ``address``, bounded by ``timeout`` seconds."""
+    import gevent.socket
+
+    kind, where = parse_address(address)
+    if kind == "unix":
+        sock = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(where)
+        except BaseException:
+            sock.close()
+            raise
+    else:
+        sock = gevent.socket.create_connection(where, timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.settimeout(None)
+    return sock
+
+
+class XinetProxy:
+    """One proxy: its listeners, its connections and their counters."""
+
+    def __init__(self, config: XinetConfig, supervisor: Supervisor, source: str) -> None:
+        import gevent.pool
+
+        self.config = config
+        self.supervisor = supervisor
+        self.runtime = supervisor.runtime
+        self.source = source  # "config" (a file in the config directory) or "rpc"
+        self.servers: list[Any] = []
+        self.unix_paths: list[str] = []
+        self.connections = gevent.pool.Group()
+        self.active = 0
+        self.total = 0
+        self.refused = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.last_error: str | None = None
+        self._idle: Any = None
+
+    def open(self) -> None:
+        """Start listening on every address; all or nothing."""
+        import gevent.server
+
+        try:
+            for address in self.config.listen:
+                listener = _listen_socket(address)
+                if address.startswith("unix:"):
+                    self.unix_paths.append(address[len("unix:") :])
+                server = gevent.server.StreamServer(listener, self._serve)
+                server.start()
+                self.servers.append(server)
+        except ZinitError:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Close the listeners and every connection of this proxy."""
+        for server in self.servers:
+            server.close()
+        self.servers = []
+        for path in self.unix_paths:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        self.unix_paths = []
+        self.connections.kill(block=False)
+        if self._idle is not None:
+            self._idle.kill(block=False)
+
+    def status(self) -> dict[str, Any]:
+        unit = self.supervisor.units.get(self.config.service)
+        return {
+            "name": self.config.name,
+            "listen": list(self.config.listen),
+            "backend": self.config.backend,
+            "service": self.config.service,
+            "service_state": str(unit.state) if unit is not None else None,
+            "active": self.active,
+            "total": self.total,
+            "refused": self.refused,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "last_error": self.last_error,
+            "connect_timeout": self.config.connect_timeout_s,
+            "idle_timeout": self.config.idle_timeout_s,
+            "single_connection": self.config.single_connection,
+            "source": self.source,
+            "path": self.config.path or None,
+        }
+
+    def _fail(self, message: str) -> None:
+        self.last_error = message
+        _log().warning("xinet %s: %s", self.config.name, message)
+
+    # -- one client ----------------------------------------------------------
+
+    def _serve(self, client: Any, address: Any) -> None:
+        import gevent
+
+        if self.config.single_connection and self.active:
+            self.refused += 1
+            client.close()
+            return
+        self.connections.add(gevent.getcurrent())
+        self.active += 1
+        self.total += 1
+        if self._idle is not None:
+            self._idle.kill(block=False)
+            self._idle = None
+        backend = None
+        try:
+            if client.family != socket.AF_UNIX:
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            backend = self._activate()
+            if backend is not None:
+                self._forward(client, backend)
+        finally:
+            client.close()
+            if backend is not None:
+                backend.close()
+            self.active -= 1
+            if not self.active and self.config.idle_timeout_s > 0 and self.servers:
+                self._idle = gevent.spawn(self._stop_when_idle)
+
+    def _activate(self) -> Any:
+        """Start the unit if needed and connect to the backend; None after a failure.
+
+        Blocks until connected or until connect_timeout; the client waits.
+        """
+        import gevent
+
+        name = self.config.service
+        deadline = self.runtime.clock() + self.config.connect_timeout_s
+        unit = self.supervisor.units.get(name)
+        if unit is None:
+            self._fail(f"service {name!r} is not defined")
+            return None
+        if not unit.is_up() and not (unit.wanted and unit.state not in AT_REST):
+            try:
+                self.supervisor.start(name, reason=f"activated by xinet {self.config.name!r}")
+            except ZinitError as error:
+                self._fail(f"cannot start {name!r}: {error}")
+                return None
+        delay = _CONNECT_RETRY_FIRST_S
+        last = "no attempt"
+        while True:
+            remaining = deadline - self.runtime.clock()
+            if remaining <= 0:
+                self._fail(
+                    f"backend {self.config.backend} did not accept a connection within "
+                    f"{self.config.connect_timeout_s:g}s ({last}; {name} is {unit.state})"
+                )
+                return None
+            try:
+                return _connect_socket(self.config.backend, remaining)
+            except (OSError, gevent.Timeout) as error:
+                last = getattr(error, "strerror", None) or str(error) or type(error).__name__
+            if unit.state == State.FAILED and not unit.wanted and unit._restart_at is None:
+                self._fail(f"{name} failed ({unit.reason}); closing the client")
+                return None
+            gevent.sleep(min(delay, max(0.0, remaining)))
+            delay = min(delay * 2, _CONNECT_RETRY_MAX_S)
+
+    def _forward(self, client: Any, backend: Any) -> None:
+        import gevent
+
+        pumps = [
+            gevent.spawn(self._pump, client, backend, "bytes_in"),
+            gevent.spawn(self._pump, backend, client, "bytes_out"),
+        ]
+        try:
+            gevent.joinall(pumps)
+        finally:
+            for pump in pumps:
+                pump.kill(block=True)
+
+    def _pump(self, source: Any, target: Any, counter: str) -> None:
+        """Move bytes one way until EOF, then pass the half-close on.
+
+        splice(2) moves the data socket → pipe → socket inside the kernel; the
+        sockets are non-blocking (gevent's), so EAGAIN means "wait for the hub".
+        The pipe is drained completely before the next read.
+        """
+        import fcntl
+
+        read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, _SPLICE_CHUNK_BYTES)
+        except OSError:
+            pass  # over the user's pipe quota: a smaller pipe still works
+        readable = self.runtime.loop.io(source.fileno(), 1)
+        writable = self.runtime.loop.io(target.fileno(), 2)
+        flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+        try:
+            while True:
+                try:
+                    count = os.splice(source.fileno(), write_end, _SPLICE_CHUNK_BYTES, flags=flags)
+                except BlockingIOError:
+                    self.runtime.hub.wait(readable)
+                    continue
+                if count == 0:
+                    break
+                while count:
+                    try:
+                        moved = os.splice(read_end, target.fileno(), count, flags=flags)
+                    except BlockingIOError:
+                        self.runtime.hub.wait(writable)
+                        continue
+                    count -= moved
+                    setattr(self, counter, getattr(self, counter) + moved)
+            target.shutdown(socket.SHUT_WR)
+        except OSError:
+            # A reset or a vanished peer: end both directions now.
+            for sock in (source, target):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        finally:
+            readable.close()
+            writable.close()
+            os.close(read_end)
+            os.close(write_end)
+
+    def _stop_when_idle(self) -> None:
+        import gevent
+
+        gevent.sleep(self.config.idle_timeout_s)
+        if self.active or not self.servers:
+            return
+        self._idle = None
+        unit = self.supervisor.units.get(self.config.service)
+        if unit is not None and unit.is_active():
+            _log().info(
+                "xinet %s: no connection for %gs; stopping %s",
+                self.config.name,
+                self.config.idle_timeout_s,
+                self.config.service,
+            )
+            self.supervisor.stop_units(
+                {self.config.service},
+                f"idle for {self.config.idle_timeout_s:g}s (xinet {self.config.name!r})",
+            )
+
+
+class _Xinet:
+    """Every proxy of the daemon, by name."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+        self.proxies: dict[str, XinetProxy] = {}
+
+    def get(self, name: str) -> XinetProxy:
+        if name not in self.proxies:
+            raise UnitNotFound(name)
+        return self.proxies[name]
+
+    def set(self, config: XinetConfig, source: str) -> XinetProxy:
+        """Create or replace a proxy: the old one's listeners close first."""
+        old = self.proxies.pop(config.name, None)
+        if old is not None:
+            old.close()
+        proxy = XinetProxy(config, self.supervisor, source)
+        proxy.open()
+        self.proxies[config.name] = proxy
+        _log().info(
+            "xinet %s: %s -> %s (starts %s)",
+            config.name,
+            ", ".join(config.listen),
+            config.backend,
+            config.service,
+        )
+        return proxy
+
+    def delete(self, name: str) -> None:
+        self.get(name)
+        self.proxies.pop(name).close()
+
+    def apply(self, configs: dict[str, XinetConfig]) -> dict[str, Any]:
+        """Bring the proxies declared in files in line with ``configs``."""
+        current = {n: p for n, p in self.proxies.items() if p.source == "config"}
+        result: dict[str, Any] = {
+            "added": [],
+            "removed": [],
+            "changed": [],
+            "unchanged": [],
+            "errors": [],
+        }
+        for name in sorted(set(current) - set(configs)):
+            self.proxies.pop(name).close()
+            result["removed"].append(name)
+        for name, config in sorted(configs.items()):
+            if name in current and current[name].config == config:
+                result["unchanged"].append(name)
+                continue
+            try:
+                self.set(config, "config")
+            except ZinitError as error:
+                _log().error("xinet %s: %s", name, error)
+                result["errors"].append({"name": name, "message": str(error)})
+                continue
+            result["changed" if name in current else "added"].append(name)
+        return result
+
+    def close_all(self) -> None:
+        for proxy in self.proxies.values():
+            proxy.close()
+        self.proxies = {}
+
+
+# ==== 18. RPC server =========================================================
 # The control socket: a gevent StreamServer on a unix socket (mode 0600, or
 # 0660 with --socket-group), one greenlet per connection.  Frames are bounded
 # at MAX_FRAME_BYTES; every malformed frame gets its JSON-RPC error and the
@@ -3836,8 +4523,11 @@ class _Connection:
 class _RpcServer:
     """JSON-RPC 2.0 over the control socket, dispatching to the supervisor."""
 
-    def __init__(self, supervisor: Supervisor, path: str, group: str | None = None) -> None:
+    def __init__(
+        self, supervisor: Supervisor, xinet: _Xinet, path: str, group: str | None = None
+    ) -> None:
         self.supervisor = supervisor
+        self.xinet = xinet
         self.path = path
         self.group = group
         self.server: Any = None
@@ -4053,7 +4743,51 @@ class _RpcServer:
         return self.supervisor.tree(name)
 
     def rpc_reload(self, connection: _Connection) -> Any:
-        return self.supervisor.reload()
+        return self.reload()
+
+    def reload(self) -> dict[str, Any]:
+        """Reload units, then the proxies declared in the config directories."""
+        result = self.supervisor.reload()
+        result["xinet"] = self.xinet.apply(self.supervisor.proxy_configs)
+        return result
+
+    def rpc_xinet_set(
+        self,
+        connection: _Connection,
+        name: str,
+        listen: list[str],
+        backend: str,
+        service: str,
+        connect_timeout: float | None = None,
+        idle_timeout: float | None = None,
+        single_connection: bool | None = None,
+    ) -> Any:
+        try:
+            config = xinet_config(
+                name=name,
+                listen=listen,
+                backend=backend,
+                service=service,
+                connect_timeout=30 if connect_timeout is None else connect_timeout,
+                idle_timeout=idle_timeout or 0,
+                single_connection=bool(single_connection),
+            )
+        except _FieldError as error:
+            raise UsageError(f"xinet set: {error.key}: {error.reason}") from None
+        self.supervisor.unit(service)
+        return self.xinet.set(config, "rpc").status()
+
+    def rpc_xinet_delete(self, connection: _Connection, name: str) -> Any:
+        self.xinet.delete(name)
+        return {"ok": True}
+
+    def rpc_xinet_list(self, connection: _Connection) -> Any:
+        return [proxy.status() for _, proxy in sorted(self.xinet.proxies.items())]
+
+    def rpc_xinet_status(self, connection: _Connection, name: str | None = None) -> Any:
+        if name is None:
+            return self.rpc_xinet_list(connection)
+        return self.xinet.get(name).status()
 
     def rpc_add_service(self, connection: _Connection, toml: str, name: str | None = None) -> Any:
         return self.supervisor.add_service(toml, name)
@@ -4167,7 +4901,7 @@ def _bind_params(method: _Method, params: Any) -> dict[str, Any]:
     return params
 
 
-# ==== 18. Server entry =======================================================
+# ==== 19. Server entry =======================================================
 # ``zinit-server``: set up the hub, load the config directories, bind the
 # socket, boot the units, then sleep until a shutdown (RPC, SIGTERM, SIGINT).
 # SIGHUP reloads.  The main greenlet waits on an event: no periodic wake-up.
@@ -4257,7 +4991,8 @@ def server_main(argv: list[str] | None = None) -> int:
     supervisor = Supervisor(
         runtime, directories, write_dir=config_dir, forward_logs=args.forward_logs or container
     )
-    server = _RpcServer(supervisor, args.socket or default_socket_path(), args.socket_group)
+    xinet = _Xinet(supervisor)
+    server = _RpcServer(supervisor, xinet, args.socket or default_socket_path(), args.socket_group)
     try:
         server.listen()
     except (ZinitError, OSError) as error:
@@ -4281,14 +5016,16 @@ def server_main(argv: list[str] | None = None) -> int:
     supervisor.on_critical = critical_failed if container else None
     gevent.signal_handler(signal.SIGTERM, shut_down, "shutdown on SIGTERM")
     gevent.signal_handler(signal.SIGINT, shut_down, "shutdown on SIGINT")
-    gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(supervisor.reload))
+    gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(server.reload))
     _log().info(
         "zinit %s listening on %s; units from %s",
         __version__,
         server.path,
         ", ".join(d for d, _ in directories),
     )
+    supervisor.before_shutdown.append(xinet.close_all)
     supervisor.load()
+    xinet.apply(supervisor.proxy_configs)
     supervisor.boot()
     supervisor.finished.wait()
     server.close()
@@ -4318,7 +5055,7 @@ def _raise_fd_limit() -> None:
             pass
 
 
-# ==== 19. PID-1 shim =========================================================
+# ==== 20. PID-1 shim =========================================================
 # ``zinit-pid1``: standard library only, so that PID 1 stays small and never
 # depends on gevent.  It blocks the signals it handles and takes them with
 # sigwaitinfo (no handlers, no polling), runs zinit-server as its child,
@@ -4538,7 +5275,7 @@ def pid1_main(argv: list[str] | None = None) -> int:
         shim.spawn_server()
 
 
-# ==== 20. Main dispatch ======================================================
+# ==== 21. Main dispatch ======================================================
 # One file, three programs: the basename of argv[0] (zinit, zinit-server,
 # zinit-pid1, with or without .py/.pyz) or a first argument (server, pid1)
 # picks the entry point.

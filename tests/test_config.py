@@ -226,7 +226,7 @@ ERRORS = [
         """,
         (
             "web.toml:3:2: servce: unknown table (allowed: service, target, dependencies, lifecycle, "
-            "health, logging)"
+            "health, logging, xinet)"
         ),
     ),
     (

@@ -253,6 +253,10 @@ def client_rpc_methods() -> set[str]:
         "follow_logs": "logs.follow",
         "events": "events.subscribe",
         "discover": "rpc.discover",
+        "xinet_set": "xinet.set",
+        "xinet_delete": "xinet.delete",
+        "xinet_list": "xinet.list",
+        "xinet_status": "xinet.status",
     }
     names = {
         name

@@ -62,6 +62,7 @@ def test_reload_through_the_cli(daemon):
         "changed": ["change"],
         "unchanged": ["keep"],
         "errors": [],
+        "xinet": {"added": [], "removed": [], "changed": [], "unchanged": [], "errors": []},
     }
     check_four_cases(daemon, pids)
 
@@ -100,6 +101,7 @@ def test_reload_with_nothing_changed_touches_nothing(daemon):
         "changed": [],
         "unchanged": ["a", "b"],
         "errors": [],
+        "xinet": {"added": [], "removed": [], "changed": [], "unchanged": [], "errors": []},
     }
     assert daemon.status("a")["pid"] == pid
     assert daemon.status("b")["state"] == "Inactive"
@@ -164,7 +166,7 @@ def test_new_broken_file_is_listed_as_failed(daemon):
     path = daemon.write("bad", '[service]\nexec = "sleep 1000"\n[servce]\n')
     message = (
         f"{path}:3:2: servce: unknown table (allowed: service, target, dependencies, "
-        "lifecycle, health, logging)"
+        "lifecycle, health, logging, xinet)"
     )
     reply = daemon.call("reload")
     assert reply["added"] == [] and reply["unchanged"] == ["ok"]
