@@ -4134,9 +4134,12 @@ def _declared_name(text: str) -> str:
 
 #: Bytes moved per splice(2) call, and the pipe size asked for (Linux max).
 _SPLICE_CHUNK_BYTES = 1 << 20
-#: Backend connection retries start this often, doubling up to the max.
-_CONNECT_RETRY_FIRST_S = 0.005
-_CONNECT_RETRY_MAX_S = 0.1
+#: A read shorter than this drained the socket (request/response traffic).
+_SMALL_READ_BYTES = 16 * 1024
+#: Backend connection retries start this often, doubling up to the max: a refused
+#: connect costs microseconds, and every millisecond here is activation latency.
+_CONNECT_RETRY_FIRST_S = 0.001
+_CONNECT_RETRY_MAX_S = 0.005
 
 
 def _listen_socket(address: str) -> Any:
@@ -4380,23 +4383,28 @@ class XinetProxy:
         readable = self.runtime.loop.io(source.fileno(), 1)
         writable = self.runtime.loop.io(target.fileno(), 2)
         flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+        source_fd, target_fd = source.fileno(), target.fileno()
+        wait = self.runtime.hub.wait
         try:
             while True:
                 try:
-                    count = os.splice(source.fileno(), write_end, _SPLICE_CHUNK_BYTES, flags=flags)
+                    count = os.splice(source_fd, write_end, _SPLICE_CHUNK_BYTES, flags=flags)
                 except BlockingIOError:
-                    self.runtime.hub.wait(readable)
+                    wait(readable)
                     continue
                 if count == 0:
                     break
+                total = count
                 while count:
                     try:
-                        moved = os.splice(read_end, target.fileno(), count, flags=flags)
+                        count -= os.splice(read_end, target_fd, count, flags=flags)
                     except BlockingIOError:
-                        self.runtime.hub.wait(writable)
-                        continue
-                    count -= moved
-                    setattr(self, counter, getattr(self, counter) + moved)
+                        wait(writable)
+                setattr(self, counter, getattr(self, counter) + total)
+                if total < _SMALL_READ_BYTES:
+                    # The socket is most likely drained: wait for more instead of
+                    # paying for a failed splice (this is the round-trip path).
+                    wait(readable)
             target.shutdown(socket.SHUT_WR)
         except OSError:
             # A reset or a vanished peer: end both directions now.
