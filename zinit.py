@@ -1456,13 +1456,16 @@ class ZinitClient(_Calls):
         sock.settimeout(timeout)
         try:
             sock.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as error:
-            sock.close()
-            raise DaemonUnavailable(path, error.strerror or str(error)) from None
         except OSError as error:
             sock.close()
-            raise DaemonUnavailable(path, error.strerror or str(error)) from None
+            raise DaemonUnavailable(path, cls._describe_failure(path, error)) from None
         return cls(sock, path)
+
+    @staticmethod
+    def _describe_failure(path: str, error: OSError) -> str:
+        if os.path.exists(path) and not stat.S_ISSOCK(os.stat(path).st_mode):
+            return "it is not a socket"
+        return error.strerror or str(error)
 
     def close(self) -> None:
         self._reader.close()
@@ -1734,6 +1737,12 @@ def _print_event(out: _Output, event: dict[str, Any]) -> None:
         out.stream.write(json.dumps(event, ensure_ascii=False) + "\n")
         out.stream.flush()
         return
+    if event["from"] == event["to"]:  # the reason changed, the state did not
+        out.line(
+            f"{_format_time(event['time'])} {event['unit']}: {out.state(event['to'])} "
+            f"({event['reason']})"
+        )
+        return
     out.line(
         f"{_format_time(event['time'])} {event['unit']}: {event['from']} -> "
         f"{out.state(event['to'])} ({event['reason']})"
@@ -1850,8 +1859,9 @@ def _start_verdict(unit: dict[str, Any]) -> bool | None:
         return bool(unit.get("oneshot")) and unit.get("exit_code") == 0
     if state in ("Failed", "Inactive"):
         return False if "restarting in" not in unit["reason"] else None
-    if state == "Blocked" and not unit["reason"].startswith("waiting"):
-        return False
+    reason = unit["reason"]
+    if state == "Blocked" and ("requires " in reason or "dependency cycle" in reason):
+        return False  # blocked by something that will not resolve itself
     return None
 
 
@@ -1911,6 +1921,10 @@ def _cmd_why(args: argparse.Namespace, out: _Output) -> int:
         out.line(f"  required by: {', '.join(why['required_by'])}")
     for warning in why.get("warnings", []):
         out.line(f"  warning: {warning}")
+    if why.get("recent_output"):
+        out.line("  recent output:")
+        for entry in why["recent_output"]:
+            out.line(f"    {_format_time(entry['time'])} {entry['stream']}: {entry['line']}")
     if why.get("history"):
         out.line("  history:")
         for entry in why["history"]:
@@ -1947,20 +1961,22 @@ def _cmd_tree(args: argparse.Namespace, out: _Output) -> int:
 def _cmd_reload(args: argparse.Namespace, out: _Output) -> int:
     with _connect(args) as client:
         result = client.reload()
+    proxies = result.get("xinet", {})
+    failed = bool(result["errors"] or proxies.get("errors"))
     if out.as_json:
         out.json(result)
-        return 0
+        return 1 if failed else 0
     for key in ("added", "removed", "changed", "unchanged"):
         out.line(f"{key}: {', '.join(result[key]) or '-'}")
     for error in result["errors"]:
-        out.line(f"error: {error['message']}")
-    proxies = result.get("xinet", {})
+        print(f"zinit: reload: {error['message']}", file=sys.stderr)
     for key in ("added", "removed", "changed"):
         if proxies.get(key):
             out.line(f"xinet {key}: {', '.join(proxies[key])}")
     for error in proxies.get("errors", []):
-        out.line(f"xinet error: {error['name']}: {error['message']}")
-    return 0
+        print(f"zinit: reload: xinet {error['name']}: {error['message']}", file=sys.stderr)
+    # The rest was applied; a file with an error still makes the command fail.
+    return 1 if failed else 0
 
 
 def _cmd_add_service(args: argparse.Namespace, out: _Output) -> int:
@@ -2084,7 +2100,8 @@ def _cmd_validate(args: argparse.Namespace, out: _Output) -> int:
     """Check a config directory offline: every problem with file and line."""
     directory = args.directory or args.config_dir or default_config_dir()
     if not os.path.isdir(directory):
-        raise UsageError(f"validate: {directory!r} is not a directory")
+        print(f"zinit: validate: {directory!r} is not a directory", file=sys.stderr)
+        return 1
     problems, warnings, units = validate_directory(directory)
     if out.as_json:
         out.json(
@@ -2748,7 +2765,8 @@ def _spawn_service(config: UnitConfig, cgroups: _Cgroups, leaf: str | None) -> t
             os.close(fd)
         if config.dir is not None and error.filename == config.dir:
             raise _SpawnError(f"working directory {config.dir!r} does not exist") from None
-        raise _SpawnError(f"executable {argv[0]!r} not found") from None
+        where = "" if "/" in argv[0] else " on PATH"
+        raise _SpawnError(f"executable {argv[0]!r} not found{where}") from None
     except PermissionError:
         for fd in (out_read, err_read):
             os.close(fd)
@@ -3307,9 +3325,9 @@ class Service:
             return
         self.probe_failures += 1
         if self.state == State.STARTING:
-            self._set_state(
-                State.STARTING, f"waiting for its first health check (last: {message.detail})"
-            )
+            reason = f"waiting for its first health check (last: {message.detail})"
+            if reason != self.reason:
+                self._set_state(State.STARTING, reason)
             return
         if self.state != State.RUNNING:
             return
@@ -3374,6 +3392,7 @@ class Service:
         code = message.code
         pgid = self.pid
         self.exit_code = code
+        self.health = None  # health describes a running process only
         self._stop_probes()
         self._set_deadline(None, lambda: None)
         self._sweep(pgid)
@@ -3583,6 +3602,8 @@ class Supervisor:
                 return f"requires {dep!r}, which has status=ignore"
             if not other.wanted and other._restart_at is None:
                 return f"requires {dep!r}, which is {other.state} ({other.reason})"
+            if other.state == State.BLOCKED and not other.reason.startswith("waiting"):
+                return f"waiting for {dep!r} (Blocked: {other.reason})"
             return f"waiting for {dep!r} ({other.state})"
         for dep in config.wants:
             other = self.units.get(dep)
@@ -3750,6 +3771,7 @@ class Supervisor:
             ),
             "warnings": list(status.warnings),
             "history": list(unit.history),
+            "recent_output": unit.log.tail(5),
         }
 
     def tree(self, name: str | None) -> list[dict[str, Any]]:
@@ -5032,6 +5054,9 @@ def server_main(argv: list[str] | None = None) -> int:
         ", ".join(d for d, _ in directories),
     )
     supervisor.before_shutdown.append(xinet.close_all)
+    for directory, _ in directories:
+        if not os.path.isdir(directory):
+            _log().warning("config directory %s does not exist: no units from it", directory)
     supervisor.load()
     xinet.apply(supervisor.proxy_configs)
     supervisor.boot()
