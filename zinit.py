@@ -197,8 +197,8 @@ class ConfigError(ZinitError):
 class UnitNotFound(ZinitError):
     """No unit of that name is known to the daemon."""
 
-    def __init__(self, name: str) -> None:
-        super().__init__(f"unknown unit {name!r}")
+    def __init__(self, name: str, kind: str = "unit") -> None:
+        super().__init__(f"unknown {kind} {name!r}")
         self.name = name
 
 
@@ -3541,6 +3541,8 @@ class Supervisor:
         self.broken: dict[str, ConfigError] = {}
         #: Proxies declared in the config directories, as last loaded (section 17 runs them).
         self.proxy_configs: dict[str, XinetConfig] = {}
+        #: Every file error of the last load, by unit or proxy name.
+        self.load_errors: dict[str, ConfigError] = {}
         self.cycles: dict[str, str] = {}
         self.dependents: dict[str, set[str]] = {}
         self.conflicts: dict[str, set[str]] = {}
@@ -3559,6 +3561,7 @@ class Supervisor:
     def load(self) -> None:
         """Read the config directories and create a Service per unit (none started)."""
         configs, self.proxy_configs, errors = load_config_dirs(self.directories)
+        self.load_errors = errors
         for name, error in errors.items():
             _log().error("%s", error)
         for name, config in configs.items():
@@ -4006,6 +4009,7 @@ class Supervisor:
         """Re-read the config directories and apply only the difference (SPEC 11)."""
         with self._config_lock:
             new, self.proxy_configs, errors = load_config_dirs(self.directories)
+            self.load_errors = errors
             old = dict(self.configs)
             added = sorted(n for n in new if n not in old)
             removed = sorted(n for n in old if n not in new and n not in errors)
@@ -4268,6 +4272,10 @@ class XinetProxy:
 
     def close(self) -> None:
         """Close the listeners and every connection of this proxy."""
+        self.close_listeners()
+        self.connections.kill(block=False)
+
+    def close_listeners(self) -> None:
         for server in self.servers:
             server.close()
         self.servers = []
@@ -4277,7 +4285,6 @@ class XinetProxy:
             except OSError:
                 pass
         self.unix_paths = []
-        self.connections.kill(block=False)
         if self._idle is not None:
             self._idle.kill(block=False)
 
@@ -4471,16 +4478,31 @@ class _Xinet:
 
     def get(self, name: str) -> XinetProxy:
         if name not in self.proxies:
-            raise UnitNotFound(name)
+            raise UnitNotFound(name, "proxy")
         return self.proxies[name]
 
     def set(self, config: XinetConfig, source: str) -> XinetProxy:
-        """Create or replace a proxy: the old one's listeners close first."""
-        old = self.proxies.pop(config.name, None)
+        """Create or replace a proxy.
+
+        The old proxy's listeners close first, so that the same addresses can
+        be bound again; if the new ones cannot be, the old proxy is restored.
+        """
+        old = self.proxies.get(config.name)
+        if old is not None:
+            old.close_listeners()
+        proxy = XinetProxy(config, self.supervisor, source)
+        try:
+            proxy.open()
+        except ZinitError:
+            if old is not None:
+                try:
+                    old.open()
+                except ZinitError as error:
+                    _log().error("xinet %s: cannot restore the old proxy: %s", config.name, error)
+                    self.proxies.pop(config.name).close()
+            raise
         if old is not None:
             old.close()
-        proxy = XinetProxy(config, self.supervisor, source)
-        proxy.open()
         self.proxies[config.name] = proxy
         _log().info(
             "xinet %s: %s -> %s (starts %s)",
@@ -4495,9 +4517,14 @@ class _Xinet:
         self.get(name)
         self.proxies.pop(name).close()
 
-    def apply(self, configs: dict[str, XinetConfig]) -> dict[str, Any]:
-        """Bring the proxies declared in files in line with ``configs``."""
-        current = {n: p for n, p in self.proxies.items() if p.source == "config"}
+    def apply(self, configs: dict[str, XinetConfig], broken: set[str]) -> dict[str, Any]:
+        """Bring the proxies declared in files in line with ``configs``.
+
+        A proxy whose file now has an error (``broken``) keeps running as it was.
+        """
+        current = {
+            n: p for n, p in self.proxies.items() if p.source == "config" and n not in broken
+        }
         result: dict[str, Any] = {
             "added": [],
             "removed": [],
@@ -4778,7 +4805,9 @@ class _RpcServer:
     def reload(self) -> dict[str, Any]:
         """Reload units, then the proxies declared in the config directories."""
         result = self.supervisor.reload()
-        result["xinet"] = self.xinet.apply(self.supervisor.proxy_configs)
+        result["xinet"] = self.xinet.apply(
+            self.supervisor.proxy_configs, set(self.supervisor.load_errors)
+        )
         return result
 
     def rpc_xinet_set(
@@ -5058,7 +5087,7 @@ def server_main(argv: list[str] | None = None) -> int:
         if not os.path.isdir(directory):
             _log().warning("config directory %s does not exist: no units from it", directory)
     supervisor.load()
-    xinet.apply(supervisor.proxy_configs)
+    xinet.apply(supervisor.proxy_configs, set())
     supervisor.boot()
     supervisor.finished.wait()
     server.close()

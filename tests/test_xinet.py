@@ -1,0 +1,590 @@
+"""xinet socket activation (SPEC section 9) with real clients, real backends and a real daemon.
+
+Backends are services run by zinit: one small inline Python server (BACKEND) with three modes,
+on TCP 127.0.0.1 or a unix socket: "echo" (echo until EOF, then close), "count" (read until
+EOF, reply with the byte count) and "greet" (send a greeting, shut down the write side, go on
+reading, log what arrived).  Services are status=stop: the proxy starts them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import socket
+import struct
+import threading
+import time
+
+import pytest
+from conftest import PYTHON, wait_until
+
+QUICK = 'restart = "never"\nstop_timeout_ms = 2000\n'
+STOPPED = 'status = "stop"\n'
+STATUS_KEYS = {
+    "name", "listen", "backend", "service", "service_state", "active", "total", "refused",
+    "bytes_in", "bytes_out", "last_error", "connect_timeout", "idle_timeout",
+    "single_connection", "source", "path",
+}  # fmt: skip
+
+BACKEND = r"""
+import os, socket, sys, threading, time
+mode, address, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
+time.sleep(delay)  # a service's own start-up time: the proxy must hold its client meanwhile
+if address.startswith("unix:"):
+    path = address[len("unix:"):]
+    if os.path.lexists(path):
+        os.unlink(path)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+else:
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    host, port = address.rsplit(":", 1)
+    server.bind((host, int(port)))
+server.listen(512)
+print("listening on", address, flush=True)
+
+def handle(conn):
+    with conn:
+        if mode == "echo":
+            while chunk := conn.recv(65536):
+                conn.sendall(chunk)
+        elif mode == "count":
+            total = 0
+            while chunk := conn.recv(65536):
+                total += len(chunk)
+            conn.sendall(str(total).encode())
+        elif mode == "greet":
+            conn.sendall(b"hello\n")
+            conn.shutdown(socket.SHUT_WR)
+            data = b""
+            while chunk := conn.recv(65536):
+                data += chunk
+            print("got:", data.decode(), flush=True)
+
+while True:
+    conn, _ = server.accept()
+    threading.Thread(target=handle, args=(conn,), daemon=True).start()
+"""
+
+
+# -- helpers ------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def tcp() -> str:
+    return f"127.0.0.1:{free_port()}"
+
+
+def backend(daemon, name, mode, address, delay=0.0):
+    """A status=stop service running BACKEND in ``mode`` on ``address``."""
+    command = shlex.join([PYTHON, "-c", BACKEND, mode, address, str(delay)])
+    return daemon.service(name, command, service=STOPPED, lifecycle=QUICK)
+
+
+def connect(address: str, timeout: float = 30) -> socket.socket:
+    if address.startswith("unix:"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(address[len("unix:") :])
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    host, port = address.rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=timeout)
+
+
+def read_to_eof(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def round_trip(address: str, payload: bytes, timeout: float = 30) -> bytes:
+    """Send ``payload``, half-close, and return everything read until EOF."""
+    with connect(address, timeout) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        return read_to_eof(sock)
+
+
+def xstatus(daemon, name="px"):
+    return daemon.call("xinet_status", name=name)
+
+
+def proxy(daemon, listen, backend_address, service, name="px", **options):
+    """Set a proxy over the client library; ``listen`` is one address or a list."""
+    listen = [listen] if isinstance(listen, str) else listen
+    return daemon.call(
+        "xinet_set", name=name, listen=listen, backend=backend_address, service=service, **options
+    )
+
+
+def settle(daemon, name="px"):
+    """Wait until the proxy has no connection left; return its status."""
+    return wait_until(
+        lambda: (s := xstatus(daemon, name))["active"] == 0 and s, timeout=20, what="active == 0"
+    )
+
+
+def fd_count(daemon) -> int:
+    return len(os.listdir(f"/proc/{daemon.proc.pid}/fd"))
+
+
+def steady_fd_count(daemon) -> int:
+    """The daemon's fd count once it holds still (the last RPC connection has closed)."""
+    samples: list[int] = []
+
+    def steady() -> int | None:
+        samples.append(fd_count(daemon))
+        recent = samples[-10:]
+        return recent[0] if len(recent) == 10 and len(set(recent)) == 1 else None
+
+    return wait_until(steady, what="a steady fd count")
+
+
+# -- activation -----------------------------------------------------------------
+
+
+def test_first_client_activates_a_stopped_service(daemon):
+    """The first client is held while the service starts (its backend binds ~0.3 s late)."""
+    listen, back = tcp(), tcp()
+    backend(daemon, "echo", "echo", back, delay=0.3)
+    daemon.start()
+    assert daemon.status("echo")["state"] == "Inactive"
+    status = proxy(daemon, listen, back, "echo", connect_timeout=20)
+    assert status["service_state"] == "Inactive" and status["total"] == 0
+    payload = b"ping " * 1000
+    assert round_trip(listen, payload) == payload
+    assert daemon.wait_state("echo", "Running")["pid"]
+    status = settle(daemon)
+    assert status["total"] == 1
+    assert status["bytes_in"] == len(payload)
+    assert status["bytes_out"] == len(payload)
+    assert status["service_state"] == "Running"
+    assert status["last_error"] is None
+    assert status["refused"] == 0
+
+
+def test_all_four_pairings(daemon, tmp_path):
+    """TCP→TCP, unix→unix, TCP→unix and unix→TCP each carry an echo round trip."""
+    back_tcp, back_unix = tcp(), f"unix:{tmp_path}/echo.sock"
+    backend(daemon, "echo-tcp", "echo", back_tcp)
+    backend(daemon, "echo-unix", "echo", back_unix)
+    daemon.start()
+    pairs = {
+        "tt": (tcp(), back_tcp, "echo-tcp"),
+        "uu": (f"unix:{tmp_path}/uu.sock", back_unix, "echo-unix"),
+        "tu": (tcp(), back_unix, "echo-unix"),
+        "ut": (f"unix:{tmp_path}/ut.sock", back_tcp, "echo-tcp"),
+    }
+    for name, (listen, back, service) in pairs.items():
+        proxy(daemon, listen, back, service, name=name, connect_timeout=20)
+    for name, (listen, _, _) in pairs.items():
+        payload = f"hello through {name}\n".encode() * 100
+        assert round_trip(listen, payload) == payload, name
+        status = settle(daemon, name)
+        assert (status["total"], status["bytes_in"], status["bytes_out"]) == (
+            1,
+            len(payload),
+            len(payload),
+        ), status
+    assert sorted(p["name"] for p in daemon.call("xinet_list")) == sorted(pairs)
+
+
+# -- half-close -------------------------------------------------------------------
+
+
+def test_half_close_from_the_client(daemon):
+    """Client sends then SHUT_WR; the backend sees EOF, replies with the count; client reads."""
+    listen, back = tcp(), tcp()
+    backend(daemon, "count", "count", back)
+    daemon.start()
+    proxy(daemon, listen, back, "count", connect_timeout=20)
+    payload = os.urandom(300_000)
+    assert round_trip(listen, payload) == str(len(payload)).encode()
+    status = settle(daemon)
+    assert status["bytes_in"] == len(payload)
+    assert status["bytes_out"] == len(str(len(payload)))
+
+
+def test_half_close_from_the_backend(daemon, tmp_path):
+    """Backend greets and SHUT_WRs; the client gets EOF yet can still send, and it arrives."""
+    listen, back = f"unix:{tmp_path}/px.sock", tcp()
+    backend(daemon, "greet", "greet", back)
+    daemon.start()
+    proxy(daemon, listen, back, "greet", connect_timeout=20)
+    with connect(listen) as sock:
+        assert read_to_eof(sock) == b"hello\n"
+        sock.sendall(b"late data")
+        sock.shutdown(socket.SHUT_WR)
+        assert read_to_eof(sock) == b""
+    daemon.wait_log("greet", "got: late data")
+    status = settle(daemon)
+    assert (status["bytes_in"], status["bytes_out"]) == (len(b"late data"), len(b"hello\n"))
+
+
+# -- failures -------------------------------------------------------------------------
+
+
+def test_backend_that_never_comes_up(daemon):
+    """connect_timeout 1: the client is closed after about 1 s, and last_error says why."""
+    listen, back = tcp(), tcp()
+    daemon.service("never", "sleep 1000", service=STOPPED, lifecycle=QUICK)
+    daemon.start()
+    proxy(daemon, listen, back, "never", connect_timeout=1)
+    with connect(listen) as sock:
+        began = time.monotonic()
+        try:
+            data = sock.recv(1024)
+        except ConnectionResetError:
+            data = b""
+        elapsed = time.monotonic() - began
+    assert data == b""
+    assert 0.8 <= elapsed < 15, elapsed
+    status = settle(daemon)
+    assert status["last_error"], status
+    assert back in status["last_error"] and "backend" in status["last_error"], status
+    assert "1s" in status["last_error"] or "timeout" in status["last_error"].lower(), status
+    assert status["bytes_in"] == status["bytes_out"] == 0
+    assert daemon.status("never")["state"] == "Running"
+
+
+def test_idle_timeout_stops_and_a_client_reactivates(daemon):
+    """idle_timeout 1: the service stops after the last client leaves; a new one restarts it."""
+    listen, back = tcp(), tcp()
+    backend(daemon, "echo", "echo", back)
+    daemon.start()
+    proxy(daemon, listen, back, "echo", connect_timeout=20, idle_timeout=1)
+    assert round_trip(listen, b"one") == b"one"
+    first = daemon.wait_state("echo", "Running")["pid"]
+    stopped = daemon.wait_state("echo", "Exited", "Inactive")
+    assert "idle" in stopped["reason"], stopped
+    assert round_trip(listen, b"two") == b"two"
+    second = daemon.wait_state("echo", "Running")["pid"]
+    assert second != first
+    assert settle(daemon)["total"] == 2
+
+
+def test_single_connection_refuses_a_second_client(daemon):
+    """With single_connection a second concurrent client is closed at once; the first works."""
+    listen, back = tcp(), tcp()
+    backend(daemon, "echo", "echo", back)
+    daemon.start()
+    proxy(daemon, listen, back, "echo", connect_timeout=20, single_connection=True)
+    with connect(listen) as first:
+        first.sendall(b"a")
+        assert first.recv(16) == b"a"
+        with connect(listen, timeout=10) as second:
+            began = time.monotonic()
+            try:
+                data = second.recv(16)
+            except ConnectionResetError:
+                data = b""
+            assert data == b""
+            assert time.monotonic() - began < 5
+        first.sendall(b"b")
+        assert first.recv(16) == b"b"
+        status = xstatus(daemon)
+        assert status["refused"] == 1 and status["active"] == 1, status
+    settle(daemon)
+    assert round_trip(listen, b"third") == b"third"  # the slot is free again
+    status = settle(daemon)
+    assert status["refused"] == 1 and status["total"] == 2, status
+
+
+# -- replacing, listen paths, bad input -------------------------------------------
+
+
+def test_set_twice_replaces_on_the_same_port(daemon, tmp_path):
+    """A second `xinet set` of the same name and port rebinds it; the new backend answers."""
+    listen, back_echo, back_count = tcp(), tcp(), f"unix:{tmp_path}/count.sock"
+    backend(daemon, "echo", "echo", back_echo)
+    backend(daemon, "count", "count", back_count)
+    daemon.start()
+    common = ["xinet", "set", "px", "--listen", listen, "--connect-timeout", "20"]
+    result = daemon.cli(*common, "--backend", back_echo, "--service", "echo")
+    assert result.returncode == 0, result.stderr
+    assert round_trip(listen, b"abc") == b"abc"
+    result = daemon.cli(*common, "--backend", back_count, "--service", "count")
+    assert result.returncode == 0, result.stderr
+    assert "in use" not in result.stderr
+    assert round_trip(listen, b"abc") == b"3"
+    proxies = daemon.call("xinet_list")
+    assert [(p["name"], p["backend"], p["service"]) for p in proxies] == [
+        ("px", back_count, "count")
+    ]
+
+
+def test_stale_unix_socket_is_replaced_and_a_regular_file_is_refused(daemon, tmp_path):
+    """A dead socket file at the listen path is replaced; a regular file there is refused."""
+    back = tcp()
+    backend(daemon, "echo", "echo", back)
+    daemon.start()
+    stale = tmp_path / "stale.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as dead:
+        dead.bind(str(stale))  # closed without unlink: nobody listens there
+    assert stale.is_socket()
+    proxy(daemon, f"unix:{stale}", back, "echo", connect_timeout=20)
+    assert round_trip(f"unix:{stale}", b"fresh") == b"fresh"
+
+    regular = tmp_path / "regular.file"
+    regular.write_text("keep me\n")
+    result = daemon.cli(
+        "xinet", "set", "other", "--listen", f"unix:{regular}", "--backend", back,
+        "--service", "echo",
+    )  # fmt: skip
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    assert str(regular) in result.stderr
+    assert regular.read_text() == "keep me\n"
+    assert [p["name"] for p in daemon.call("xinet_list")] == ["px"]
+
+
+def test_bad_input(daemon):
+    """Unknown service, bad address, port in use and an unknown proxy are refused clearly."""
+    back = tcp()
+    backend(daemon, "echo", "echo", back)
+    daemon.start()
+    listen = tcp()
+
+    def set_(*args):
+        return daemon.cli("xinet", "set", "px", *args)
+
+    result = set_("--listen", listen, "--backend", back, "--service", "nope")
+    assert result.returncode == 1, result
+    assert "nope" in result.stderr
+
+    result = set_("--listen", "not-an-address", "--backend", back, "--service", "echo")
+    assert result.returncode in (1, 2), result
+    assert "not-an-address" in result.stderr and "listen" in result.stderr
+
+    result = set_("--listen", listen, "--backend", "unix:relative", "--service", "echo")
+    assert result.returncode in (1, 2), result
+    assert "unix:relative" in result.stderr and "backend" in result.stderr
+
+    with socket.socket() as taken:
+        host, port = listen.rsplit(":", 1)
+        taken.bind((host, int(port)))
+        taken.listen(1)
+        result = set_("--listen", listen, "--backend", back, "--service", "echo")
+    assert result.returncode == 1, result
+    assert listen in result.stderr and "in use" in result.stderr.lower(), result.stderr
+
+    result = daemon.cli("xinet", "status", "nope")
+    assert result.returncode == 1, result
+    assert "nope" in result.stderr
+
+    result = daemon.cli("xinet", "delete", "nope")
+    assert result.returncode == 1, result
+    assert daemon.call("xinet_list") == []
+
+
+def test_failed_replace_keeps_the_old_proxy(daemon):
+    """A `xinet set` that cannot listen (port taken) leaves the proxy of that name working."""
+    listen, back, taken_address = tcp(), tcp(), tcp()
+    backend(daemon, "echo", "echo", back)
+    daemon.start()
+    proxy(daemon, listen, back, "echo", connect_timeout=20)
+    assert round_trip(listen, b"before") == b"before"
+    with socket.socket() as taken:
+        host, port = taken_address.rsplit(":", 1)
+        taken.bind((host, int(port)))
+        taken.listen(1)
+        result = daemon.cli(
+            "xinet", "set", "px", "--listen", taken_address, "--backend", back,
+            "--service", "echo",
+        )  # fmt: skip
+    assert result.returncode == 1, result
+    assert taken_address in result.stderr
+    assert [p["listen"] for p in daemon.call("xinet_list")] == [[listen]]
+    assert round_trip(listen, b"after") == b"after"
+
+
+# -- robustness ----------------------------------------------------------------------
+
+
+def test_client_vanishing_mid_transfer_leaks_nothing(daemon):
+    """A client that sends a lot and then resets: fds and the active count return to before."""
+    listen, back = tcp(), tcp()
+    backend(daemon, "echo", "echo", back)
+    daemon.start()
+    proxy(daemon, listen, back, "echo", connect_timeout=20)
+    assert round_trip(listen, b"warm up") == b"warm up"
+    warm = settle(daemon)["bytes_in"]
+    before = steady_fd_count(daemon)
+
+    sock = connect(listen)
+    chunk = b"x" * 65536
+    sock.setblocking(False)
+    sent = 0
+    deadline = time.monotonic() + 20
+    while sent < 64 << 20 and time.monotonic() < deadline:  # until every buffer is full
+        try:
+            sent += sock.send(chunk)
+        except BlockingIOError:
+            if xstatus(daemon)["bytes_in"] > warm:
+                break
+    assert sent > 0
+    wait_until(lambda: xstatus(daemon)["bytes_in"] > warm, what="data through the proxy")
+    assert xstatus(daemon)["active"] == 1
+    assert fd_count(daemon) > before  # the count does see the connection's fds
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # RST
+
+    settle(daemon)
+    wait_until(lambda: fd_count(daemon) == before, what=f"fd count back to {before}")
+    assert round_trip(listen, b"still fine") == b"still fine"
+
+
+def test_two_hundred_concurrent_clients(daemon):
+    """200 clients at once, each an echo round trip through the proxy: all succeed."""
+    listen, back = tcp(), tcp()
+    backend(daemon, "echo", "echo", back)
+    daemon.start()
+    proxy(daemon, listen, back, "echo", connect_timeout=30)
+    count = 200
+    results: dict[int, object] = {}
+    barrier = threading.Barrier(count)
+
+    def client(index: int) -> None:
+        payload = f"client {index} ".encode() * 50
+        try:
+            with connect(listen, timeout=60) as sock:
+                barrier.wait(timeout=60)
+                sock.sendall(payload)
+                sock.shutdown(socket.SHUT_WR)
+                results[index] = read_to_eof(sock) == payload
+        except (OSError, threading.BrokenBarrierError) as error:  # reported below
+            results[index] = repr(error)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(90)
+    failures = {i: r for i, r in results.items() if r is not True}
+    assert len(results) == count and not failures, failures
+    status = settle(daemon)
+    assert status["total"] == count and status["refused"] == 0
+
+
+# -- config files ----------------------------------------------------------------------
+
+
+def test_proxy_from_a_config_file_restart_and_reload(daemon, tmp_path):
+    """An [xinet] file: there at start, still there after a daemon restart, reloaded, removed."""
+    listen, back_echo, back_count = tcp(), tcp(), f"unix:{tmp_path}/count.sock"
+    backend(daemon, "echo", "echo", back_echo)
+    backend(daemon, "count", "count", back_count)
+    path = daemon.write(
+        "px",
+        f"""\
+        [xinet]
+        name = "px"
+        listen = "{listen}"
+        backend = "{back_echo}"
+        service = "echo"
+        connect_timeout = 20
+        idle_timeout = 0
+        single_connection = false
+        """,
+    )
+    daemon.start()
+    status = xstatus(daemon)
+    assert status["source"] == "config" and status["path"] == str(path), status
+    assert status["listen"] == [listen] and status["backend"] == back_echo
+    assert status["connect_timeout"] == 20 and status["single_connection"] is False
+    assert "px" not in [unit["name"] for unit in daemon.call("list")]
+    assert round_trip(listen, b"one") == b"one"
+
+    daemon.stop()
+    daemon.start()
+    assert xstatus(daemon)["source"] == "config"
+    assert round_trip(listen, b"two") == b"two"
+
+    unix_listen = f"unix:{tmp_path}/px.sock"
+    daemon.write(
+        "px",
+        f"""\
+        [xinet]
+        listen = ["{listen}", "{unix_listen}"]
+        backend = "{back_count}"
+        service = "count"
+        connect_timeout = 20
+        """,
+    )
+    reply = daemon.call("reload")
+    assert reply["xinet"]["changed"] == ["px"], reply
+    assert reply["xinet"]["added"] == reply["xinet"]["removed"] == reply["xinet"]["errors"] == []
+    assert round_trip(listen, b"abcd") == b"4"
+    assert round_trip(unix_listen, b"ab") == b"2"
+
+    reply = daemon.call("reload")
+    assert reply["xinet"]["unchanged"] == ["px"], reply
+
+    path.unlink()
+    reply = daemon.call("reload")
+    assert reply["xinet"]["removed"] == ["px"], reply
+    assert daemon.call("xinet_list") == []
+    with pytest.raises(ConnectionRefusedError):
+        connect(listen, timeout=10).close()
+    assert not os.path.exists(unix_listen[len("unix:") :])
+
+
+def test_broken_proxy_file_keeps_the_old_proxy_on_reload(daemon):
+    """SPEC 11: a file with an error keeps its proxy on the old config (listening, working)."""
+    listen, back = tcp(), tcp()
+    backend(daemon, "echo", "echo", back)
+    text = f'[xinet]\nlisten = "{listen}"\nbackend = "{back}"\nservice = "echo"\n'
+    path = daemon.write("px", text + "connect_timeout = 20\n")
+    daemon.start()
+    assert round_trip(listen, b"before") == b"before"
+    path.write_text(text + "connect_timeout = 20\ntypo = 1\n")
+    reply = daemon.call("reload")
+    problems = reply["errors"] + reply["xinet"]["errors"]
+    assert any("typo" in json.dumps(problem) for problem in problems), reply
+    assert "px" not in reply["xinet"]["removed"], reply
+    assert [p["name"] for p in daemon.call("xinet_list")] == ["px"]
+    assert round_trip(listen, b"after") == b"after"
+
+
+def test_json_output_of_list_and_status(daemon, tmp_path):
+    """`--json` on xinet list and status prints the status objects with every key."""
+    back, listen = tcp(), f"unix:{tmp_path}/px.sock"
+    backend(daemon, "echo", "echo", back)
+    daemon.start()
+    result = daemon.cli("--json", "xinet", "list")
+    assert result.returncode == 0 and json.loads(result.stdout) == [], result
+    proxy(daemon, listen, back, "echo", connect_timeout=7, idle_timeout=3)
+
+    result = daemon.cli("xinet", "list", "--json")
+    assert result.returncode == 0, result.stderr
+    listed = json.loads(result.stdout)
+    assert isinstance(listed, list) and len(listed) == 1
+    assert set(listed[0]) == STATUS_KEYS
+
+    result = daemon.cli("xinet", "status", "px", "--json")
+    assert result.returncode == 0, result.stderr
+    one = json.loads(result.stdout)
+    assert set(one) == STATUS_KEYS
+    assert one["name"] == "px" and one["listen"] == [listen] and one["backend"] == back
+    assert one["service"] == "echo" and one["service_state"] == "Inactive"
+    assert one["source"] == "rpc" and one["path"] is None
+    assert (one["connect_timeout"], one["idle_timeout"], one["single_connection"]) == (7, 3, False)
+    assert (one["active"], one["total"], one["refused"]) == (0, 0, 0)
+
+    result = daemon.cli("--json", "xinet", "status")
+    assert result.returncode == 0, result.stderr
+    assert [p["name"] for p in json.loads(result.stdout)] == ["px"]
+
+    result = daemon.cli("xinet", "status", "px")
+    assert result.returncode == 0 and "backend:" in result.stdout and back in result.stdout
