@@ -56,6 +56,7 @@ import argparse
 import collections
 import dataclasses
 import enum
+import heapq
 import itertools
 import json
 import os
@@ -109,6 +110,8 @@ MAX_LOG_LINE_BYTES = 64 * 1024
 STABLE_RUN_S = 10.0
 #: While Starting, health checks begin this often and double up to the interval.
 FIRST_PROBE_INTERVAL_S = 0.05
+#: ``zinit logs`` without a unit name returns at most this many lines by default.
+MERGED_LOG_LINES = 1000
 #: How many past transitions each unit keeps for ``zinit why``.
 HISTORY_LENGTH = 16
 
@@ -2508,6 +2511,64 @@ class LogRing:
         return [self.entry_dict(entry) for entry in entries]
 
 
+class _BackgroundWriter:
+    """Write lines to a stream from an OS thread, so a slow reader never blocks the hub.
+
+    The daemon's stdout and stderr may be a full pipe or a stalled log driver;
+    a blocking write on the hub would freeze every unit and the socket.  The
+    buffer is bounded: past ``limit`` pending lines the oldest are dropped and
+    the drop is reported in the stream.  The thread sleeps on a condition
+    variable, so an idle daemon still never wakes up.
+    """
+
+    def __init__(self, stream: Any, limit: int = 10_000) -> None:
+        import threading
+
+        self._stream = stream
+        self._limit = limit
+        self._pending: collections.deque[str] = collections.deque()
+        self._dropped = 0
+        self._closed = False
+        self._ready = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="zinit-writer", daemon=True)
+        self._thread.start()
+
+    def write_lines(self, lines: list[str]) -> None:
+        """Queue newline-terminated lines; never blocks for long."""
+        with self._ready:
+            self._pending.extend(lines)
+            excess = len(self._pending) - self._limit
+            for _ in range(max(0, excess)):
+                self._pending.popleft()
+            self._dropped += max(0, excess)
+            self._ready.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while not self._pending and not self._closed:
+                    self._ready.wait()
+                if not self._pending:
+                    return
+                batch, self._pending = self._pending, collections.deque()
+                dropped, self._dropped = self._dropped, 0
+            text = "".join(batch)
+            if dropped:
+                text = f"zinit | ({dropped} lines dropped: the reader is too slow)\n" + text
+            try:
+                self._stream.write(text)
+                self._stream.flush()
+            except (OSError, ValueError):
+                return
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Write what is pending (waiting up to ``timeout``) and end the thread."""
+        with self._ready:
+            self._closed = True
+            self._ready.notify()
+        self._thread.join(timeout)
+
+
 def _read_pipe(runtime: _Runtime, fd: int, ring: LogRing, stream: str) -> None:
     """Feed a pipe's lines into ``ring`` until EOF, then close the fd.
 
@@ -2775,6 +2836,10 @@ def _spawn_service(config: UnitConfig, cgroups: _Cgroups, leaf: str | None) -> t
         for fd in (out_read, err_read):
             os.close(fd)
         raise _SpawnError(f"cannot run {argv[0]!r}: {error.strerror or error}") from None
+    except (ValueError, TypeError) as error:  # e.g. a NUL byte in the command line
+        for fd in (out_read, err_read):
+            os.close(fd)
+        raise _SpawnError(f"cannot run {argv[0]!r}: {error}") from None
     finally:
         os.close(out_write)
         os.close(err_write)
@@ -2801,15 +2866,23 @@ def _signal_tree(pgid: int | None, leaf: str | None, signum: int) -> None:
 
 
 def _tagged_processes(name: str) -> list[int]:
-    """Processes that carry this daemon's ZINIT_SERVICE=name tag (no cgroup case)."""
+    """The daemon's children that carry ZINIT_SERVICE=name (no cgroup case).
+
+    Escaped descendants re-parent to the daemon (a subreaper) once their own
+    parent is gone, so only direct children need their environment read.
+    """
     import psutil
 
     mine = str(os.getpid())
     found = []
-    for process in psutil.process_iter(["pid", "status"]):
-        if process.info["status"] == psutil.STATUS_ZOMBIE or process.pid == os.getpid():
-            continue
+    try:
+        children = psutil.Process().children()
+    except psutil.Error:
+        return found
+    for process in children:
         try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                continue
             env = process.environ()
         except (psutil.Error, OSError):
             continue
@@ -3001,6 +3074,12 @@ class _Quit:
     done: Any
 
 
+def _is_hopeless(reason: str) -> bool:
+    """Whether a Blocked reason names a blocker that will not resolve by itself."""
+    hard = ("requires ", "dependency cycle")
+    return reason.startswith(hard) or any(f"(Blocked: {h}" in reason for h in hard)
+
+
 class Service:
     """A unit's life: blocked → spawned → starting → running → stopping → rest.
 
@@ -3083,10 +3162,19 @@ class Service:
         return self.config.oneshot and self.state == State.EXITED and self.succeeded
 
     def is_settled(self) -> bool:
-        return self.state in (State.RUNNING, State.EXITED, State.FAILED) or not self.wanted
+        """Its start has ended one way or another (for units that want it)."""
+        if self.state in (State.RUNNING, State.EXITED, State.FAILED) or not self.wanted:
+            return True
+        return self.is_hopeless()
 
     def is_starting(self) -> bool:
-        return self.wanted and (self.state in (State.BLOCKED, State.STARTING, State.INACTIVE))
+        """Being started and not stuck (for units ordered after it)."""
+        starting = self.state in (State.BLOCKED, State.STARTING, State.INACTIVE)
+        return self.wanted and starting and not self.is_hopeless()
+
+    def is_hopeless(self) -> bool:
+        """Blocked by something that will not resolve itself (failed, undefined, cycle)."""
+        return self.state == State.BLOCKED and _is_hopeless(self.reason)
 
     def is_active(self) -> bool:
         return self.wanted or self.state not in AT_REST or self._restart_at is not None
@@ -3138,7 +3226,8 @@ class Service:
         else:
             _log().debug("%s: %s (%s)", self.name, new, reason)
         self.supervisor.on_transition(self, {"unit": self.name, **entry})
-        if new in AT_REST and self._restart_at is None and not self.wanted:
+        # A stop is over once the unit is at rest, even if a start is already queued.
+        if new in AT_REST and self._restart_at is None:
             self._release_stop_waiters()
 
     # -- the greenlet ------------------------------------------------------
@@ -3160,6 +3249,10 @@ class Service:
                     if action is not None:
                         action()
                 elif isinstance(message, _Quit):
+                    # Removed: nothing of it may outlive the record, even if a
+                    # start slipped in after its stop.
+                    self._stop_probes()
+                    self._kill_everything()
                     self._close_readers()
                     message.done.set()
                     return
@@ -3399,7 +3492,8 @@ class Service:
         self.process = None
         self.pid = None
         purpose, self._stop_purpose = self._stop_purpose, None
-        uptime = self.clock() - self.running_since if self.running_since is not None else 0.0
+        since = self.started_at if self.config.oneshot else self.running_since
+        uptime = self.clock() - since if since is not None else 0.0
         self.running_since = None
         if purpose == "stop":
             self.succeeded = code == 0
@@ -3453,6 +3547,12 @@ class Service:
             self.failures = 0
         policy = self.config.restart
         restart = self.wanted and (policy == "always" or (policy == "on-failure" and failed))
+        if any(isinstance(message, _Stop) for message in self._mailbox.queue):
+            # A stop arrived while the exit was being handled: honour it, and
+            # do not treat the exit as a failure for good (critical units).
+            self.wanted = False
+            self._set_state(State.FAILED if failed else State.EXITED, description)
+            return
         end_state = State.FAILED if failed else State.EXITED
         if not restart:
             self.wanted = False
@@ -3534,7 +3634,8 @@ class Supervisor:
         self.clock = clock
         self.directories = directories
         self.write_dir = write_dir
-        self.forward_logs = forward_logs
+        #: Writes service lines to stdout as "name | line" (--forward-logs, containers).
+        self.forwarder = _BackgroundWriter(sys.stdout) if forward_logs else None
         self.cgroups = _Cgroups()
         self.units: dict[str, Service] = {}
         self.configs: dict[str, UnitConfig] = {}
@@ -3605,7 +3706,7 @@ class Supervisor:
                 return f"requires {dep!r}, which has status=ignore"
             if not other.wanted and other._restart_at is None:
                 return f"requires {dep!r}, which is {other.state} ({other.reason})"
-            if other.state == State.BLOCKED and not other.reason.startswith("waiting"):
+            if other.is_hopeless():
                 return f"waiting for {dep!r} (Blocked: {other.reason})"
             return f"waiting for {dep!r} ({other.state})"
         for dep in config.wants:
@@ -3639,12 +3740,8 @@ class Supervisor:
                 other.post(_DepsChanged())
 
     def publish_log(self, unit: str, entries: list[tuple[float, str, str]]) -> None:
-        if self.forward_logs:
-            try:
-                sys.stdout.write("".join(f"{unit} | {entry[2]}\n" for entry in entries))
-                sys.stdout.flush()
-            except (OSError, ValueError):
-                self.forward_logs = False
+        if self.forwarder is not None:
+            self.forwarder.write_lines([f"{unit} | {entry[2]}\n" for entry in entries])
         for queue, wanted in list(self._log_queues.items()):
             if wanted is None or wanted == unit:
                 for entry in entries:
@@ -3689,7 +3786,7 @@ class Supervisor:
     def subscribe_logs(self, unit: str | None) -> Any:
         import gevent.queue
 
-        queue = gevent.queue.Queue(10_000)
+        queue = gevent.queue.Queue(2_000)
         self._log_queues[queue] = unit
         return queue
 
@@ -3793,11 +3890,20 @@ class Supervisor:
     def logs(self, name: str | None, lines: int | None) -> list[dict[str, Any]]:
         if name is not None:
             return self.unit(name).log.tail(lines)
-        merged = sorted(
-            (entry for unit in self.units.values() for entry in unit.log.tail(None)),
-            key=lambda entry: entry["time"],
+        # Merge the newest lines of every ring, newest first, and stop after
+        # ``lines``: the work is bounded by the request, not by all the rings.
+        count = MERGED_LOG_LINES if lines is None else lines
+
+        def newest_first(ring: LogRing) -> Iterator[tuple[LogRing, tuple[float, str, str]]]:
+            return ((ring, entry) for entry in reversed(ring.lines))
+
+        newest = heapq.merge(
+            *[newest_first(unit.log) for unit in self.units.values()],
+            key=lambda item: item[1][0],
+            reverse=True,
         )
-        return merged[-lines:] if lines else ([] if lines == 0 else merged)
+        picked = [ring.entry_dict(entry) for ring, entry in itertools.islice(newest, count)]
+        return picked[::-1]
 
     def check(self) -> dict[str, Any]:
         problems = []
@@ -3815,10 +3921,11 @@ class Supervisor:
     def boot(self) -> None:
         """Start every status=start unit; of two that conflict, the first by name wins."""
         chosen: list[str] = []
+        chosen_set: set[str] = set()
         for name in sorted(self.configs):
             if self.configs[name].status != "start":
                 continue
-            rival = next((c for c in chosen if c in self.conflicts.get(name, ())), None)
+            rival = min(self.conflicts.get(name, set()) & chosen_set, default=None)
             if rival is not None:
                 self.units[name].post(
                     _Note(
@@ -3827,6 +3934,7 @@ class Supervisor:
                 )
                 continue
             chosen.append(name)
+            chosen_set.add(name)
         self.start_many(chosen, reason="status=start at boot")
 
     def start(
@@ -3889,14 +3997,20 @@ class Supervisor:
         done = {name: gevent.event.Event() for name in targets}
 
         def stop_one(name: str) -> None:
-            for dependent in waits[name]:
-                done[dependent].wait()
-            why = reason
-            if name not in names:
-                cause = next((d for d in self.configs[name].requires if d in targets), None)
-                why = f"stopped because it requires {cause!r}, which is stopping ({reason})"
-            self.units[name].request_stop(why).wait()
-            done[name].set()
+            try:
+                for dependent in waits[name]:
+                    done[dependent].wait()
+                why = reason
+                if name not in names:
+                    config = self.configs.get(name)
+                    requires = config.requires if config else ()
+                    cause = next((d for d in requires if d in targets), None)
+                    why = f"stopped because it requires {cause!r}, which is stopping ({reason})"
+                unit = self.units.get(name)  # it may have been removed meanwhile
+                if unit is not None:
+                    unit.request_stop(why).wait()
+            finally:
+                done[name].set()
 
         gevent.joinall([gevent.spawn(stop_one, name) for name in targets])
 
@@ -4075,6 +4189,8 @@ class Supervisor:
             names = {n for n, c in self.configs.items() if c.unit_class == unit_class}
             self.stop_units(names, reason)
         self.cgroups.close()
+        if self.forwarder is not None:
+            self.forwarder.close()
         self.finished.set()
 
     def debug_state(self) -> dict[str, Any]:
@@ -4086,6 +4202,7 @@ class Supervisor:
             "cycles": self.cycles,
             "broken": {n: e.to_dict() for n, e in self.broken.items()},
             "dependents": {n: sorted(d) for n, d in self.dependents.items()},
+            "subscriptions": {"events": len(self._event_queues), "logs": len(self._log_queues)},
             "units": {
                 name: {
                     **unit.snapshot().to_dict(),
@@ -4678,6 +4795,8 @@ class _RpcServer:
             request = json.loads(line)
         except (ValueError, UnicodeDecodeError) as error:
             return _error_reply(None, PARSE_ERROR, f"parse error: {error}"), None
+        except RecursionError:
+            return _error_reply(None, PARSE_ERROR, "parse error: nested too deeply"), None
         if isinstance(request, list):
             if not request:
                 return _error_reply(None, INVALID_REQUEST, "empty batch"), None
@@ -4763,10 +4882,14 @@ class _RpcServer:
     def rpc_logs_follow(
         self, connection: _Connection, name: str | None = None, lines: int | None = None
     ) -> Any:
-        backlog = self.supervisor.logs(name, 10 if lines is None else lines)
-        queue = self.supervisor.subscribe_logs(name)
+        if name is not None:
+            self.supervisor.unit(name)
 
         def follow() -> None:
+            # Subscribe here, not in the handler: a client gone before this
+            # greenlet runs must leave no subscription behind.
+            backlog = self.supervisor.logs(name, 10 if lines is None else lines)
+            queue = self.supervisor.subscribe_logs(name)
             try:
                 for entry in backlog:
                     connection.send({"jsonrpc": "2.0", "method": "log", "params": entry})
@@ -4780,9 +4903,8 @@ class _RpcServer:
         return _Stream({"subscribed": "logs", "unit": name}, follow)
 
     def rpc_events_subscribe(self, connection: _Connection) -> Any:
-        queue = self.supervisor.subscribe_events()
-
         def follow() -> None:
+            queue = self.supervisor.subscribe_events()
             try:
                 for message in queue:
                     connection.send({"jsonrpc": "2.0", **message})
@@ -4966,7 +5088,8 @@ def _bind_params(method: _Method, params: Any) -> dict[str, Any]:
 # SIGHUP reloads.  The main greenlet waits on an event: no periodic wake-up.
 
 
-def _configure_logging(level_name: str) -> None:
+def _configure_logging(level_name: str) -> _BackgroundWriter:
+    """Send the daemon's log to stderr through a writer thread; returns the writer."""
     import logging
 
     levels = {
@@ -4985,12 +5108,24 @@ def _configure_logging(level_name: str) -> None:
             file=sys.stderr,
         )
         level = logging.INFO
+    writer = _BackgroundWriter(sys.stderr)
+
+    class Handler(logging.Handler):
+        """Hands formatted records to the writer thread (stderr may block)."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                writer.write_lines([self.format(record) + "\n"])
+            except Exception:  # noqa: BLE001 - logging must never raise into the daemon
+                self.handleError(record)
+
     logging.basicConfig(
         level=level,
-        stream=sys.stderr,
+        handlers=[Handler()],
         format="%(asctime)s zinit %(levelname)s %(message)s",
         datefmt="%Y-%m-%dT%H:%M:%S",
     )
+    return writer
 
 
 def _server_parser() -> argparse.ArgumentParser:
@@ -5029,7 +5164,15 @@ def _server_parser() -> argparse.ArgumentParser:
 def server_main(argv: list[str] | None = None) -> int:
     """Run the daemon until it is shut down; return its exit status."""
     args = _server_parser().parse_args(argv)
-    _configure_logging(os.environ.get("ZINIT_LOG_LEVEL", DEFAULT_LOG_LEVEL))
+    writer = _configure_logging(os.environ.get("ZINIT_LOG_LEVEL", DEFAULT_LOG_LEVEL))
+    try:
+        return _serve(args)
+    finally:
+        writer.close()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """The daemon's life after argument parsing: load, listen, boot, wait, stop."""
     try:
         runtime = _Runtime()
     except ImportError as error:
@@ -5060,8 +5203,12 @@ def server_main(argv: list[str] | None = None) -> int:
         return 1
     _raise_fd_limit()
 
+    causes: list[str] = []
+
     def shut_down(reason: str, code: int = 0) -> None:
-        supervisor.exit_code = code
+        if not causes:  # the first cause decides the exit status
+            supervisor.exit_code = code
+        causes.append(reason)
         gevent.spawn(supervisor.shutdown, reason)
 
     def critical_failed(unit: Service) -> None:
@@ -5075,6 +5222,11 @@ def server_main(argv: list[str] | None = None) -> int:
     supervisor.on_critical = critical_failed if container else None
     gevent.signal_handler(signal.SIGTERM, shut_down, "shutdown on SIGTERM")
     gevent.signal_handler(signal.SIGINT, shut_down, "shutdown on SIGINT")
+    gevent.signal_handler(signal.SIGQUIT, shut_down, "shutdown on SIGQUIT")
+    # zinit-pid1 forwards what it receives; these must not end the daemon.  A
+    # handler (not SIG_IGN) keeps services from inheriting an ignored signal.
+    for signum in (signal.SIGUSR1, signal.SIGUSR2):
+        gevent.signal_handler(signum, _log().info, "ignoring %s", signal_name(signum))
     gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(server.reload))
     _log().info(
         "zinit %s listening on %s; units from %s",
@@ -5247,6 +5399,15 @@ class _Pid1:
         else:
             self.forward(signum)
 
+    def wait_signals(self, seconds: float) -> None:
+        """Handle signals and reap for ``seconds`` (or until an action is asked)."""
+        deadline = time.monotonic() + seconds
+        while self.action is None and (remaining := deadline - time.monotonic()) > 0:
+            info = signal.sigtimedwait(_PID1_SIGNALS, remaining)
+            if info is not None and info.si_signo != signal.SIGCHLD:
+                self.on_signal(info.si_signo)
+            self.reap()
+
     def kill_orphans(self, server_pid: int) -> None:
         """End the services a crashed server left behind (tagged with its pid)."""
         _Cgroups.kill_all(self.cgroup_root)
@@ -5306,8 +5467,19 @@ def pid1_main(argv: list[str] | None = None) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, _PID1_SIGNALS)
     if os.getpid() != 1:
         _set_child_subreaper()
-    shim.spawn_server()
     while True:
+        try:
+            return _pid1_loop(shim)
+        except Exception as error:  # noqa: BLE001 - PID 1 exiting would panic the kernel
+            _pid1_say(f"internal error: {error!r}; carrying on in 1s")
+            shim.wait_signals(1.0)
+
+
+def _pid1_loop(shim: _Pid1) -> int:
+    """Run the server until an orderly end; return the shim's exit code."""
+    while True:
+        if shim.server is None:
+            shim.spawn_server()
         info = signal.sigwaitinfo(_PID1_SIGNALS)
         if info.si_signo != signal.SIGCHLD:
             shim.on_signal(info.si_signo)
@@ -5324,17 +5496,11 @@ def pid1_main(argv: list[str] | None = None) -> int:
         _pid1_say(f"zinit-server {describe_exit(code)}; restarting it in {shim.restart_delay_s:g}s")
         if crashed_pid is not None:
             shim.kill_orphans(crashed_pid)
-        deadline = time.monotonic() + shim.restart_delay_s
-        while shim.action is None and (remaining := deadline - time.monotonic()) > 0:
-            info = signal.sigtimedwait(_PID1_SIGNALS, remaining)
-            if info is not None and info.si_signo != signal.SIGCHLD:
-                shim.on_signal(info.si_signo)
-            shim.reap()
+        shim.wait_signals(shim.restart_delay_s)
         _Cgroups.remove_tree(shim.cgroup_root)
         if shim.action is not None:
             return shim.finish(0)
         shim.restart_delay_s = min(shim.restart_delay_s * 2, 30.0)
-        shim.spawn_server()
 
 
 # ==== 21. Main dispatch ======================================================

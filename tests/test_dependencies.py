@@ -17,8 +17,20 @@ TRANSITION = re.compile(r" zinit INFO (\S+): (\w+) -> (\w+) \(", re.MULTILINE)
 
 
 def transitions(daemon):
-    """Every state change the daemon logged, in order: [(unit, old, new), ...]."""
-    return TRANSITION.findall(daemon.log())
+    """Every state change, in order: [(unit, old, new), ...].
+
+    From the units' histories while the daemon runs (its log is written by a
+    background thread, so the file may lag), from its log once it has exited.
+    """
+    if daemon.proc.poll() is not None:
+        return TRANSITION.findall(daemon.log())
+    units = daemon.call("debug_state")["units"]
+    entries = sorted(
+        (entry["time"], name, entry["from"], entry["to"])
+        for name, unit in units.items()
+        for entry in unit["history"]
+    )
+    return [(name, old, new) for _, name, old, new in entries]
 
 
 def first(events, unit, new, old=None):

@@ -1,0 +1,174 @@
+"""Regressions from a review of the daemon: hangs, leaks and stalls that must not come back."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+from conftest import PYTHON, ZINIT_PY, pid_alive, wait_until
+
+SLOW_STOP = (
+    f'{PYTHON} -c "import signal, time\n'
+    "signal.signal(signal.SIGTERM, lambda *a: (time.sleep(1), exit(0)))\n"
+    'time.sleep(1000)"'
+)
+
+
+def test_issue_2_stop_returns_when_a_start_arrives_during_it(daemon):
+    """A stop whose unit is started again meanwhile still returns (no hung RPC)."""
+    daemon.service("slow", SLOW_STOP, lifecycle="stop_timeout_ms = 5000\n")
+    daemon.start()
+    daemon.wait_state("slow", "Running")
+    stopper = subprocess.Popen(
+        [PYTHON, ZINIT_PY, "--socket", daemon.socket, "stop", "slow"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    daemon.wait_state("slow", "Stopping")
+    assert daemon.cli("start", "slow").returncode == 0
+    assert stopper.wait(30) == 0
+    daemon.wait_state("slow", "Running")
+
+
+def test_issue_2_forwarded_logs_to_a_stalled_reader_do_not_freeze_the_daemon(daemon, tmp_path):
+    """--forward-logs into a pipe nobody reads: the socket answers and SIGTERM still works."""
+    daemon.service("flood", "yes forwarded-line")
+    read_end, write_end = socket.socketpair()  # a stdout that nobody ever reads
+    environment = {"ZINIT_LOG_LEVEL": "info"}
+    daemon.proc = subprocess.Popen(
+        [
+            PYTHON,
+            ZINIT_PY,
+            "server",
+            "--config-dir",
+            str(daemon.config_dir),
+            "--socket",
+            daemon.socket,
+            "--forward-logs",
+        ],
+        stdout=write_end.fileno(),
+        stderr=subprocess.DEVNULL,
+        env={**__import__("os").environ, **environment},
+    )
+    write_end.close()
+    try:
+        wait_until(lambda: daemon._answers(), timeout=30)
+        daemon.wait_state("flood", "Running")
+        for _ in range(20):
+            started = time.monotonic()
+            assert daemon.call("list")
+            assert time.monotonic() - started < 5
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.proc.wait(30) == 0
+    finally:
+        read_end.close()
+
+
+def test_issue_2_streams_of_vanished_clients_leave_no_subscription(daemon):
+    """Clients that subscribe and vanish at once leave no queue behind."""
+    daemon.service("idle", "sleep 1000")
+    daemon.start()
+    daemon.wait_state("idle", "Running")
+    for method in ("logs.follow", "events.subscribe") * 10:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(daemon.socket)
+            sock.sendall(json.dumps({"jsonrpc": "2.0", "id": 1, "method": method}).encode() + b"\n")
+    batch = [{"jsonrpc": "2.0", "id": n, "method": "events.subscribe"} for n in range(5)]
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(daemon.socket)
+        sock.sendall(json.dumps(batch).encode() + b"\n")
+        sock.recv(65536)
+
+    def subscriptions():
+        counts = daemon.call("debug_state")["subscriptions"]
+        return counts if counts == {"events": 0, "logs": 0} else None
+
+    wait_until(subscriptions, timeout=20, what="subscriptions to go away")
+
+
+def test_issue_2_wants_and_after_do_not_wait_for_a_hopeless_unit(daemon):
+    """b requires a unit that failed to spawn: a (wants b) and d (after b) start anyway."""
+    daemon.service("c", "/nonexistent/binary")
+    daemon.service("b", "sleep 1000", dependencies='requires = ["c"]\n')
+    daemon.service("a", "sleep 1000", dependencies='wants = ["b"]\n')
+    daemon.service("d", "sleep 1000", dependencies='after = ["b"]\n')
+    daemon.start()
+    daemon.wait_state("c", "Failed")
+    assert "requires 'c'" in daemon.wait_state("b", "Blocked")["reason"]
+    daemon.wait_state("a", "Running")
+    daemon.wait_state("d", "Running")
+
+
+def test_issue_2_merged_logs_are_bounded_and_in_time_order(daemon):
+    """`logs` without a unit returns the newest 1000 lines of all units, oldest first."""
+    for name in ("one", "two"):
+        daemon.service(name, f"sh -c 'for i in $(seq 1 700); do echo {name}-$i; done; sleep 1000'")
+    daemon.start()
+    daemon.wait_log("one", "one-700")
+    daemon.wait_log("two", "two-700")
+    entries = daemon.call("logs")
+    assert len(entries) == 1000
+    times = [entry["time"] for entry in entries]
+    assert times == sorted(times)
+    assert {entry["unit"] for entry in entries} == {"one", "two"}
+    assert len(daemon.call("logs", lines=5)) == 5
+
+
+def test_issue_2_usr1_and_usr2_do_not_end_the_daemon(daemon):
+    """Signals a PID-1 shim forwards (USR1, USR2) leave the daemon and its units alone."""
+    daemon.service("idle", "sleep 1000")
+    daemon.start()
+    pid = daemon.wait_state("idle", "Running")["pid"]
+    for signum in (signal.SIGUSR1, signal.SIGUSR2):
+        daemon.proc.send_signal(signum)
+    assert daemon.call("ping")["pong"]
+    assert daemon.proc.poll() is None
+    assert daemon.status("idle")["pid"] == pid and pid_alive(pid)
+
+
+def test_issue_2_deeply_nested_json_gets_a_parse_error(daemon):
+    """A frame nested too deeply for the parser is a -32700, and the connection goes on."""
+    daemon.start()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(daemon.socket)
+        reader = sock.makefile("rb")
+        sock.sendall(b"[" * 100_000 + b"\n")
+        reply = json.loads(reader.readline())
+        assert reply["error"]["code"] == -32700
+        sock.sendall(b'{"jsonrpc": "2.0", "id": 2, "method": "ping"}\n')
+        assert json.loads(reader.readline())["result"]["pong"] is True
+
+
+def test_issue_2_concurrent_starts_and_stops_settle(daemon):
+    """Many clients starting and stopping the same units: every call returns, no unit hangs."""
+    for name in ("x", "y"):
+        daemon.service(name, SLOW_STOP, lifecycle="stop_timeout_ms = 3000\n")
+    daemon.start()
+    errors = []
+
+    def churn(action_order):
+        try:
+            for action in action_order:
+                for name in ("x", "y"):
+                    result = daemon.cli(action, name, timeout=60)
+                    if result.returncode != 0:
+                        errors.append(result.stderr)
+        except Exception as error:  # noqa: BLE001 - collected for the assertion
+            errors.append(repr(error))
+
+    threads = [
+        threading.Thread(target=churn, args=(order,))
+        for order in (["stop", "start"] * 2, ["start", "stop"] * 2, ["restart", "stop", "start"])
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not any(thread.is_alive() for thread in threads)
+    assert not errors, errors
+    assert daemon.cli("start", "x").returncode == 0
+    daemon.wait_state("x", "Running")
