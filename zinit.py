@@ -4330,21 +4330,30 @@ def _listen_socket(address: str) -> Any:
     return listener
 
 
-def _connect_socket(address: str, timeout: float) -> Any:
-    """One connection attempt to ``address``, bounded by ``timeout`` seconds."""
-    import gevent.socket
-
+def _resolve(address: str) -> tuple[int, Any]:
+    """Return (family, sockaddr) for an address; raise ZinitError if it cannot be resolved."""
     kind, where = parse_address(address)
     if kind == "unix":
-        sock = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(where)
-        except BaseException:
-            sock.close()
-            raise
-    else:
-        sock = gevent.socket.create_connection(where, timeout=timeout)
+        return socket.AF_UNIX, where
+    try:
+        family, _, _, _, sockaddr = socket.getaddrinfo(*where, type=socket.SOCK_STREAM)[0]
+    except OSError as error:
+        raise ZinitError(f"cannot resolve {address}: {error.strerror or error}") from None
+    return family, sockaddr
+
+
+def _connect_socket(family: int, sockaddr: Any, timeout: float) -> Any:
+    """One connection attempt, bounded by ``timeout`` seconds."""
+    import gevent.socket
+
+    sock = gevent.socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(sockaddr)
+    except BaseException:
+        sock.close()
+        raise
+    if family != socket.AF_UNIX:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.settimeout(None)
     return sock
@@ -4370,10 +4379,16 @@ class XinetProxy:
         self.bytes_out = 0
         self.last_error: str | None = None
         self._idle: Any = None
+        self._backend: tuple[int, Any] | None = None  # resolved once, not per client
 
     def open(self) -> None:
         """Start listening on every address; all or nothing."""
         import gevent.server
+
+        try:
+            self._backend = _resolve(self.config.backend)
+        except ZinitError as error:
+            self._fail(f"{error}; will try again on the first client")
 
         try:
             for address in self.config.listen:
@@ -4479,6 +4494,12 @@ class XinetProxy:
             except ZinitError as error:
                 self._fail(f"cannot start {name!r}: {error}")
                 return None
+        if self._backend is None:
+            try:
+                self._backend = _resolve(self.config.backend)
+            except ZinitError as error:
+                self._fail(str(error))
+                return None
         delay = _CONNECT_RETRY_FIRST_S
         last = "no attempt"
         while True:
@@ -4490,7 +4511,7 @@ class XinetProxy:
                 )
                 return None
             try:
-                return _connect_socket(self.config.backend, remaining)
+                return _connect_socket(*self._backend, remaining)
             except (OSError, gevent.Timeout) as error:
                 last = getattr(error, "strerror", None) or str(error) or type(error).__name__
             if unit.state == State.FAILED and not unit.wanted and unit._restart_at is None:
