@@ -1806,6 +1806,8 @@ def _cmd_status(args: argparse.Namespace, out: _Output) -> int:
 
 
 def _cmd_start(args: argparse.Namespace, out: _Output) -> int:
+    if args.timeout is not None and not args.wait:
+        raise UsageError("start: --timeout only applies with --wait")
     with _connect(args) as client:
         if not args.wait:
             client.start(args.name)
