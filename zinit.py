@@ -59,6 +59,7 @@ import enum
 import heapq
 import itertools
 import json
+import math
 import os
 import re
 import shlex
@@ -1196,7 +1197,12 @@ _OK = {"type": "object", "properties": {"ok": {"type": "boolean"}}}
 
 _METHODS: tuple[_Method, ...] = (
     _Method("ping", "Answer at once; shows the daemon is alive", result={"type": "object"}),
-    _Method("list", "Every unit with its status", result={"type": "array", "items": _UNIT}),
+    _Method(
+        "list",
+        "Every unit with its status; with_usage adds cpu_percent and rss_bytes (psutil)",
+        (_Param("with_usage", {"type": ["boolean", "null"]}, required=False),),
+        {"type": "array", "items": _UNIT},
+    ),
     _Method("status", "One unit's status", (_NAME,), _UNIT),
     _Method("start", "Start a unit and what it requires or wants", (_NAME,), _OK),
     _Method(
@@ -1329,9 +1335,13 @@ class _Calls:
     def ping(self) -> Any:
         return self._call("ping")
 
-    def list(self) -> Any:
-        """Every unit's status, as a list of dicts."""
-        return self._call("list")
+    def list(self, with_usage: bool = False) -> Any:
+        """Every unit's status, as a list of dicts.
+
+        ``with_usage`` adds ``cpu_percent`` (since the previous such request; None
+        the first time) and ``rss_bytes`` of each unit's process and its children.
+        """
+        return self._call("list", {"with_usage": True} if with_usage else None)
 
     def status(self, name: str) -> Any:
         return self._call("status", {"name": name})
@@ -1645,7 +1655,8 @@ class AsyncZinitClient(_Calls):
 # ``zinit [--socket PATH] [--json] COMMAND ...``: argparse sub-commands, each
 # a _cmd_<name> function that talks to the daemon through ZinitClient and
 # prints a table or JSON.  Exit codes: 0 ok, 1 the daemon said no, 2 usage,
-# 3 no daemon.  Nothing here imports gevent or psutil.
+# 3 no daemon.  Nothing here imports gevent or psutil.  The ``tui`` block at
+# the end is the curses view (standard library curses, imported when run).
 
 _STATE_COLOURS = {
     "Running": "32",
@@ -2321,6 +2332,7 @@ def _cli_parser() -> argparse.ArgumentParser:
     )
     add("check", _cmd_check, "exit 0 only if every status=start unit is up (for health probes)")
     add("events", _cmd_events, "print state changes as they happen")
+    add("tui", _cmd_tui, "a live view of every unit, with keys to start, stop, restart ...")
     add("debug-state", _cmd_debug_state, "dump the daemon's whole state as JSON")
     add("debug-procs", _cmd_debug_procs, "show a unit's process tree").add_argument("name")
     validate = add("validate", _cmd_validate, "check a config directory offline")
@@ -2390,6 +2402,850 @@ def cli_main(argv: list[str]) -> int:
         return 0
     except KeyboardInterrupt:
         return 130
+
+
+# -- tui ---------------------------------------------------------------------
+# ``zinit tui`` (SPEC section 8): a curses view of every unit.  The loop sleeps
+# in select() on the terminal and a wake-up pipe; reader threads turn the
+# daemon's event and log streams into inbox items and write to the pipe.  So a
+# change shows at once, and an idle view costs the daemon one ``list`` every
+# _TUI_REFRESH_S (uptime, CPU and memory move on without events).
+
+#: Below this many rows or columns the view shows a one-line message instead.
+_TUI_MIN_ROWS = 10
+_TUI_MIN_COLS = 60
+#: Seconds between refreshes when nothing happens.
+_TUI_REFRESH_S = 2.0
+#: Seconds between attempts to reach a daemon that went away.
+_TUI_RETRY_S = 1.0
+#: Events closer together than this cost one ``list``.
+_TUI_COALESCE_S = 0.05
+#: Seconds a call from the view may take before the daemon counts as gone.
+_TUI_CALL_TIMEOUT_S = 10.0
+#: Log lines asked for, and kept, for the selected unit.
+_TUI_LOG_LINES = 200
+#: Problems first when sorting by state.
+_TUI_STATE_ORDER = ("Failed", "Blocked", "Starting", "Stopping", "Running", "Exited", "Inactive")
+#: Sort orders that ``o`` cycles through, each a key of a unit row (busiest first).
+_TUI_SORTS: dict[str, Callable[[dict[str, Any]], Any]] = {
+    "name": lambda u: u["name"],
+    "state": lambda u: (_TUI_STATE_ORDER.index(u["state"]), u["name"]),
+    "cpu": lambda u: (-(u.get("cpu_percent") or -1.0), u["name"]),
+    "memory": lambda u: (-(u.get("rss_bytes") or -1), u["name"]),
+    "restarts": lambda u: (-u.get("restarts", 0), u["name"]),
+    "uptime": lambda u: (-(u.get("uptime_s") or -1.0), u["name"]),
+}
+#: The table: key, header, width.  NAME takes what the others leave.
+_TUI_COLUMNS = (
+    ("name", "NAME", 0),
+    ("kind", "KIND", 7),
+    ("state", "STATE", 8),
+    ("pid", "PID", 7),
+    ("uptime", "UPTIME", 7),
+    ("restarts", "RESTARTS", 8),
+    ("health", "HEALTH", 9),
+    ("cpu", "CPU%", 6),
+    ("memory", "MEM", 7),
+)
+#: Dropped, in this order, while NAME would be narrower than _TUI_MIN_NAME.
+_TUI_OPTIONAL_COLUMNS = ("kind", "health", "restarts")
+_TUI_MIN_NAME = 12
+_TUI_HELP = (
+    ("up/down j/k", "select a unit (PgUp/PgDn a page, Home/End the ends)"),
+    ("s", "start the selected unit"),
+    ("S or x", "stop it"),
+    ("r", "restart it"),
+    ("K", "send it a signal (asks which; Enter alone sends TERM)"),
+    ("R", "reload the config directory"),
+    ("t", "show or hide the dependency tree"),
+    ("/", "filter by name (Enter keeps it, Esc clears it)"),
+    ("o", "sort by the next column: " + ", ".join(_TUI_SORTS)),
+    ("?", "this help (any key closes it)"),
+    ("q", "quit"),
+)
+#: The bottom line when it has nothing else to say (fits in 80 columns).
+_TUI_HINT = "s start S stop r restart K signal R reload t tree / filter o sort ? help q quit"
+_ESC = 27
+
+
+def _format_bytes(count: int | None) -> str:
+    if count is None:
+        return "-"
+    size = float(count)
+    for suffix in ("B", "K", "M", "G"):
+        if size < 1024 or suffix == "G":
+            return f"{size:.0f}{suffix}" if suffix == "B" or size >= 100 else f"{size:.1f}{suffix}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _tui_cell(unit: dict[str, Any], key: str) -> str:
+    """The text of one table cell."""
+    match key:
+        case "pid":
+            return str(unit["pid"]) if unit.get("pid") else "-"
+        case "uptime":
+            return format_duration(unit.get("uptime_s"))
+        case "restarts":
+            return str(unit.get("restarts", 0))
+        case "cpu":
+            cpu = unit.get("cpu_percent")
+            return "-" if cpu is None else f"{cpu:.1f}"
+        case "memory":
+            return _format_bytes(unit.get("rss_bytes"))
+        case _:
+            return str(unit.get(key) or "-")
+
+
+def _tui_align(text: str, key: str, size: int) -> str:
+    """Clip and pad a cell: numbers to the right, words to the left."""
+    text = text[:size]
+    return text.rjust(size) if key in ("pid", "restarts", "cpu", "memory") else text.ljust(size)
+
+
+def _tui_columns(width: int) -> list[tuple[str, str, int]]:
+    """The columns that fit in ``width``, NAME widened to fill the rest."""
+    columns = list(_TUI_COLUMNS)
+    optional = list(_TUI_OPTIONAL_COLUMNS)
+
+    def name_width() -> int:
+        return width - sum(w + 1 for _, _, w in columns[1:])
+
+    while name_width() < _TUI_MIN_NAME and optional:
+        dropped = optional.pop(0)
+        columns = [column for column in columns if column[0] != dropped]
+    return [("name", "NAME", max(4, name_width()))] + columns[1:]
+
+
+def _tui_outcome(result: Any) -> str:
+    """Describe the reply of an operation in a few words."""
+    if isinstance(result, dict) and "added" in result:  # reload
+        changes = [
+            f"{key} {', '.join(result[key])}"
+            for key in ("added", "removed", "changed")
+            if result[key]
+        ]
+        text = "; ".join(changes) or "nothing changed"
+        if result.get("errors"):
+            text += f"; {len(result['errors'])} file(s) with errors (see zinit reload)"
+        return text
+    if isinstance(result, dict) and "signal" in result:
+        return f"sent {result['signal']}"
+    return "done"
+
+
+def _tree_lines(forest: list[dict[str, Any]], ascii_only: bool) -> list[tuple[str, str | None]]:
+    """Flatten ``zinit tree`` nodes into (text before the state, state) lines."""
+    branch, last_branch, pipe = ("|- ", "`- ", "|  ") if ascii_only else ("├─ ", "└─ ", "│  ")
+    lines: list[tuple[str, str | None]] = []
+
+    def walk(node: dict[str, Any], prefix: str, last: bool, root: bool) -> None:
+        relation = "" if root else f"{node['relation']} "
+        mark = " (cycle)" if node.get("cycle") else ""
+        lead = "" if root else (last_branch if last else branch)
+        lines.append((f"{prefix}{lead}{relation}{node['name']}{mark} ", node.get("state")))
+        children = node.get("children", [])
+        deeper = prefix if root else prefix + ("   " if last else pipe)
+        for index, child in enumerate(children):
+            walk(child, deeper, index == len(children) - 1, False)
+
+    for node in forest:
+        walk(node, "", True, True)
+    return lines
+
+
+@dataclasses.dataclass(slots=True)
+class _TuiState:
+    """What the view shows.  Keys and the daemon's replies change it; _TuiScreen draws it."""
+
+    socket_path: str
+    units: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    selected: str | None = None
+    sort: str = "name"
+    filter_text: str = ""
+    #: ``why`` of the selected unit, as last fetched.
+    why: dict[str, Any] | None = None
+    logs: collections.deque[dict[str, Any]] = dataclasses.field(
+        default_factory=lambda: collections.deque(maxlen=_TUI_LOG_LINES)
+    )
+    #: The dependency forest while the tree view is shown, else None.
+    forest: list[dict[str, Any]] | None = None
+    tree_offset: int = 0
+    show_help: bool = False
+    #: "filter" or "signal" while the bottom line asks for text.
+    prompt: str | None = None
+    prompt_text: str = ""
+    message: str = ""
+    connected: bool = False
+
+    def visible(self) -> list[dict[str, Any]]:
+        """The units that pass the filter, in the chosen order."""
+        wanted = self.filter_text.lower()
+        rows = [unit for unit in self.units if wanted in unit["name"].lower()]
+        return sorted(rows, key=_TUI_SORTS[self.sort])
+
+    def selected_index(self, rows: list[dict[str, Any]]) -> int:
+        names = [row["name"] for row in rows]
+        return names.index(self.selected) if self.selected in names else 0
+
+    def move(self, delta: int) -> None:
+        rows = self.visible()
+        if rows:
+            index = min(max(self.selected_index(rows) + delta, 0), len(rows) - 1)
+            self.selected = rows[index]["name"]
+
+    def keep_selection(self) -> None:
+        """Select the first visible unit when the selected one is filtered out or gone."""
+        rows = self.visible()
+        if not rows:
+            self.selected = None
+        elif self.selected not in {row["name"] for row in rows}:
+            self.selected = rows[0]["name"]
+
+    def cycle_sort(self) -> None:
+        orders = list(_TUI_SORTS)
+        self.sort = orders[(orders.index(self.sort) + 1) % len(orders)]
+
+
+class _TuiStream:
+    """A subscribed connection whose notifications a thread hands to the view.
+
+    The thread owns the client: it blocks in readline, puts ``(self, message)``
+    on the inbox for each notification and ``(self, None)`` when the connection
+    ends, and wakes the view each time.  close() shuts the socket down, which
+    ends the read; items of a closed stream are told apart by their source.
+    """
+
+    def __init__(self, client: ZinitClient, inbox: Any, wake: Callable[[], None]) -> None:
+        import threading
+
+        self._sock = client._sock
+        self._sock.settimeout(None)  # the stream may stay quiet for hours
+        threading.Thread(
+            target=self._pump, args=(client, inbox, wake), name="zinit-tui-stream", daemon=True
+        ).start()
+
+    def _pump(self, client: ZinitClient, inbox: Any, wake: Callable[[], None]) -> None:
+        try:
+            for message in client.notifications():
+                inbox.put((self, message))
+                wake()
+        except (OSError, ValueError):
+            pass  # shut down by close(), or a garbled frame: the stream ends either way
+        finally:
+            client.close()
+            inbox.put((self, None))
+            wake()
+
+    def close(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class _TuiLink:
+    """The view's connections: one for calls, a stream of events, a stream of logs.
+
+    Calls that may take long (stop waits for the unit) run in a thread on a
+    connection of their own, so the view stays live; their outcome comes back
+    through the inbox as ``("message", text)``.
+    """
+
+    def __init__(self, path: str, inbox: Any, wake: Callable[[], None]) -> None:
+        self.path = path
+        self.inbox = inbox
+        self.wake = wake
+        self.calls: ZinitClient | None = None
+        self.events: _TuiStream | None = None
+        self.logs: _TuiStream | None = None
+        self.logs_of: str | None = None
+
+    def _open(self) -> ZinitClient:
+        return ZinitClient.connect_unix(self.path, timeout=_TUI_CALL_TIMEOUT_S)
+
+    def connect(self) -> None:
+        """Connect and subscribe to events.  Raises DaemonUnavailable or OSError."""
+        calls = self._open()
+        try:
+            events = self._open()
+            events.call("events.subscribe")
+        except BaseException:
+            calls.close()
+            raise
+        self.calls = calls
+        self.events = _TuiStream(events, self.inbox, self.wake)
+
+    def close(self) -> None:
+        for stream in (self.events, self.logs):
+            if stream is not None:
+                stream.close()
+        if self.calls is not None:
+            self.calls.close()
+        self.calls = self.events = self.logs = self.logs_of = None
+
+    def follow(self, name: str | None) -> None:
+        """Stream the log lines of ``name`` (its recent ones first) instead of the last unit's."""
+        if self.logs is not None:
+            self.logs.close()
+            self.logs = None
+        self.logs_of = name
+        if name is None:
+            return
+        client = self._open()
+        try:
+            client.call("logs.follow", {"name": name, "lines": _TUI_LOG_LINES})
+        except DaemonUnavailable:
+            client.close()
+            raise
+        except ZinitError:
+            client.close()  # removed meanwhile: the next refresh selects another unit
+            return
+        self.logs = _TuiStream(client, self.inbox, self.wake)
+
+    def act(self, label: str, operation: Callable[[ZinitClient], Any]) -> None:
+        """Run ``operation`` in a thread; its outcome arrives as a message."""
+        import threading
+
+        def run() -> None:
+            try:
+                with ZinitClient.connect_unix(self.path) as client:
+                    outcome = _tui_outcome(operation(client))
+            except (ZinitError, OSError) as error:
+                outcome = str(error)
+            self.inbox.put(("message", f"{label}: {outcome}"))
+            self.wake()
+
+        threading.Thread(target=run, name="zinit-tui-action", daemon=True).start()
+
+
+class _TuiScreen:
+    """Draws a _TuiState on a curses window, in colour unless NO_COLOR is set."""
+
+    def __init__(self, window: Any, curses: Any, colour: bool) -> None:
+        import locale
+
+        self.window = window
+        self.curses = curses
+        self.ascii_only = "utf" not in locale.getpreferredencoding(False).lower()
+        self.attrs = self._palette(colour)
+
+    def _palette(self, colour: bool) -> dict[str, int]:
+        curses = self.curses
+        attrs = dict.fromkeys(_STATE_COLOURS, curses.A_NORMAL)
+        attrs.update(
+            Exited=curses.A_DIM,
+            Inactive=curses.A_DIM,
+            Failed=curses.A_BOLD,
+            bar=curses.A_REVERSE,
+            banner=curses.A_REVERSE | curses.A_BOLD,
+            heading=curses.A_BOLD,
+            dim=curses.A_DIM,
+        )
+        if colour and curses.has_colors():
+            try:
+                curses.use_default_colors()
+                background = -1
+            except curses.error:
+                background = curses.COLOR_BLACK
+            for number, foreground in enumerate(
+                (curses.COLOR_GREEN, curses.COLOR_YELLOW, curses.COLOR_RED), 1
+            ):
+                curses.init_pair(number, foreground, background)
+            green, yellow, red = (curses.color_pair(n) for n in (1, 2, 3))
+            attrs.update(Running=green, Starting=yellow, Stopping=yellow, Blocked=yellow)
+            attrs.update(Failed=red | curses.A_BOLD, banner=red | curses.A_REVERSE | curses.A_BOLD)
+        return attrs
+
+    def state_attr(self, state: str | None) -> int:
+        return self.attrs.get(state or "", self.curses.A_NORMAL)
+
+    # -- writing -----------------------------------------------------------
+
+    def _clean(self, text: str) -> str:
+        """Make text safe to draw: no control characters (log lines may hold escapes)."""
+        text = text.replace("\t", "    ")
+        text = "".join(ch if ch.isprintable() else "?" for ch in text)
+        if self.ascii_only:
+            text = text.replace("—", "-").encode("ascii", "replace").decode()
+        return text
+
+    def put(self, y: int, x: int, text: str, width: int, attr: int = 0) -> int:
+        """Write ``text`` at (y, x), clipped to ``width`` columns; return the columns used."""
+        text = self._clean(text)[: max(0, width)]
+        if not text:
+            return 0
+        try:
+            self.window.addstr(y, x, text, attr)
+        except self.curses.error:
+            pass  # the bottom-right cell: curses writes it, then complains
+        return len(text)
+
+    def put_segments(self, y: int, segments: list[tuple[str, int]], width: int) -> None:
+        x = 0
+        for text, attr in segments:
+            x += self.put(y, x, text, width - x, attr)
+
+    def bar(self, y: int, text: str, width: int, attr: int) -> None:
+        """A whole line in ``attr`` (reverse video for title and headers)."""
+        self.put(y, 0, text.ljust(width), width, attr)
+
+    # -- the parts ---------------------------------------------------------
+
+    def draw(self, state: _TuiState) -> None:
+        """Redraw everything: title, table and detail (or tree, or help), bottom line."""
+        self.window.erase()
+        rows, cols = self.window.getmaxyx()
+        width = cols - 1  # the last column stays free, so no line wraps
+        if rows < _TUI_MIN_ROWS or cols < _TUI_MIN_COLS:
+            need = f"{_TUI_MIN_COLS}x{_TUI_MIN_ROWS}"
+            self.put(0, 0, f"terminal too small ({cols}x{rows}, need {need})", cols)
+        elif state.show_help:
+            self._draw_help(rows, width)
+        else:
+            self._draw_title(state, width)
+            body = rows - 2
+            if state.forest is not None:
+                self._draw_tree(state, 1, body, width)
+            else:
+                # The table takes what its rows need, up to half; the detail the rest.
+                table = max(2, min(len(state.visible()) + 1, max(4, body // 2)))
+                self._draw_table(state, 1, table, width)
+                self._draw_detail(state, 1 + table, body - table, width)
+            self._draw_bottom(state, rows - 1, width)
+        self.window.refresh()
+
+    def _draw_title(self, state: _TuiState, width: int) -> None:
+        if not state.connected:
+            text = f" daemon not reachable at {state.socket_path} — retrying"
+            self.bar(0, text, width, self.attrs["banner"])
+            return
+        shown = len(state.visible())
+        count = f"{shown} of {len(state.units)}" if shown != len(state.units) else str(shown)
+        text = f" zinit  {count} units  sort: {state.sort}"
+        if state.filter_text:
+            text += f"  filter: {state.filter_text}"
+        text += f"  {state.socket_path}"
+        self.bar(0, text, width, self.attrs["bar"])
+
+    def _draw_table(self, state: _TuiState, top: int, height: int, width: int) -> None:
+        columns = _tui_columns(width)
+        header = " ".join(_tui_align(title, key, size) for key, title, size in columns)
+        self.bar(top, header, width, self.attrs["heading"] | self.curses.A_UNDERLINE)
+        rows = state.visible()
+        if not rows:
+            empty = f"no unit matches {state.filter_text!r}" if state.filter_text else "no units"
+            self.put(top + 1, 0, empty, width, self.attrs["dim"])
+            return
+        index = state.selected_index(rows)
+        first = max(0, index - (height - 2))
+        for y, unit in enumerate(rows[first : first + height - 1], top + 1):
+            chosen = self.curses.A_REVERSE if unit["name"] == state.selected else 0
+            if chosen:
+                self.put(y, 0, " " * width, width, chosen)
+            segments = []
+            for key, _, size in columns:
+                text = _tui_align(_tui_cell(unit, key), key, size)
+                attr = self.state_attr(unit["state"]) if key == "state" else 0
+                segments += [(text, attr | chosen), (" ", chosen)]
+            self.put_segments(y, segments, width)
+
+    def _draw_detail(self, state: _TuiState, top: int, height: int, width: int) -> None:
+        unit = next((u for u in state.units if u["name"] == state.selected), None)
+        if unit is None or height < 2:
+            return
+        rule = "-" if self.ascii_only else "─"
+        self.put(top, 0, f"{rule * 2} {unit['name']} ".ljust(width, rule), width, self.attrs["dim"])
+        why = state.why if state.why and state.why["name"] == unit["name"] else None
+        facts = self._facts(unit, why)[: max(1, (height - 1) // 2)]
+        for y, segments in enumerate(facts, top + 1):
+            self.put_segments(y, segments, width)
+        log_top = top + 1 + len(facts)
+        room = top + height - log_top - 1
+        if room < 1:
+            return
+        follows = f"log of {unit['name']} (following)" if state.connected else "log"
+        self.put(log_top, 0, follows, width, self.attrs["dim"])
+        for y, entry in enumerate(list(state.logs)[-room:], log_top + 1):
+            marker = "!" if entry["stream"] == "stderr" else "|"
+            self.put(y, 0, f"{_format_time(entry['time'])[:8]} {marker} {entry['line']}", width)
+
+    def _facts(
+        self, unit: dict[str, Any], why: dict[str, Any] | None
+    ) -> list[list[tuple[str, int]]]:
+        """The detail lines above the log: state and reason, dependencies, warnings."""
+        heading = self.attrs["heading"]
+        reason = why["reason"] if why else unit.get("reason", "")
+        lines = [
+            [
+                ("state  ", heading),
+                (unit["state"], self.state_attr(unit["state"])),
+                (f"  {reason}", 0),
+            ]
+        ]
+        if why is None:
+            return lines
+        if why.get("blocked_by") and why["blocked_by"] != reason:
+            lines.append([("blocked by  ", heading), (why["blocked_by"], 0)])
+        if why.get("cycle"):
+            lines.append([("cycle  ", heading), (why["cycle"], 0)])
+        for relation in ("requires", "wants", "after", "conflicts"):
+            deps = [dep for dep in why.get("dependencies", []) if dep["relation"] == relation]
+            if not deps:
+                continue
+            segments = [(f"{relation}  ", heading)]
+            for dep in deps:
+                segments += [
+                    (f"{dep['name']} ", 0),
+                    (dep["state"] or "undefined", self.state_attr(dep["state"])),
+                    ("  ", 0),
+                ]
+            lines.append(segments)
+        if why.get("required_by"):
+            lines.append([("required by  ", heading), (", ".join(why["required_by"]), 0)])
+        lines += [[("warning  ", heading), (warning, 0)] for warning in why.get("warnings", [])]
+        return lines
+
+    def _draw_tree(self, state: _TuiState, top: int, height: int, width: int) -> None:
+        self.bar(top, "dependency tree (t to close, j/k to scroll)", width, self.attrs["heading"])
+        lines = _tree_lines(state.forest or [], self.ascii_only)
+        state.tree_offset = min(state.tree_offset, max(0, len(lines) - (height - 1)))
+        for y, (text, unit_state) in enumerate(lines[state.tree_offset :][: height - 1], top + 1):
+            label = unit_state or "undefined"
+            self.put_segments(y, [(text, 0), (f"[{label}]", self.state_attr(unit_state))], width)
+
+    def _draw_help(self, rows: int, width: int) -> None:
+        self.bar(0, " zinit tui: keys", width, self.attrs["bar"])
+        for y, (keys, meaning) in enumerate(_TUI_HELP[: rows - 3], 2):
+            self.put_segments(y, [(f"  {keys:<14}", self.attrs["heading"]), (meaning, 0)], width)
+        self.put(rows - 1, 0, "press any key", width, self.attrs["dim"])
+
+    def _draw_bottom(self, state: _TuiState, y: int, width: int) -> None:
+        if state.prompt == "filter":
+            self.put(y, 0, f"filter: {state.prompt_text}_", width, self.attrs["heading"])
+        elif state.prompt == "signal":
+            ask = f"signal for {state.selected} [TERM]: {state.prompt_text}_"
+            self.put(y, 0, ask, width, self.attrs["heading"])
+        else:
+            self.put(
+                y, 0, state.message or _TUI_HINT, width, 0 if state.message else self.attrs["dim"]
+            )
+
+
+class _Tui:
+    """The loop: wait for a key, a daemon message or a deadline; act; redraw.
+
+    Waiting is one select() on the terminal and the wake-up pipe, with the
+    next deadline (refresh, or reconnect) as timeout: no polling.
+    """
+
+    def __init__(self, window: Any, curses: Any, socket_path: str, colour: bool) -> None:
+        import queue
+
+        self.window = window
+        self.curses = curses
+        self.state = _TuiState(socket_path=socket_path)
+        self.screen = _TuiScreen(window, curses, colour)
+        self.inbox: Any = queue.SimpleQueue()
+        # Never closed: a reader thread may still write to it as the view ends,
+        # and a closed descriptor number could by then name another file.
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+        self.link = _TuiLink(socket_path, self.inbox, self.wake)
+        self.changed_at = math.inf  # when events ask for a refresh
+        self.usage_at = 0.0  # the next refresh with CPU and memory
+        self.retry_at = 0.0
+        self.resized = False
+        self.running = True
+
+    def wake(self) -> None:
+        try:
+            os.write(self._wake_write, b".")
+        except BlockingIOError:
+            pass  # the pipe is full: a wake-up is already pending
+
+    def run(self) -> int:
+        """Show the view until ``q``; return the exit code."""
+        self.window.keypad(True)
+        self.window.nodelay(True)
+        self.curses.set_escdelay(25)  # Esc alone answers at once, not after a second
+        try:
+            self.curses.curs_set(0)
+        except self.curses.error:
+            pass
+        # curses' own SIGWINCH handler cannot interrupt select(); this one wakes it.
+        signal.signal(signal.SIGWINCH, self._on_resize)
+        self.resized = True  # a resize before the handler was in place went unseen
+        try:
+            while self.running:
+                self._sync()
+                self.screen.draw(self.state)
+                self._wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            signal.signal(signal.SIGWINCH, signal.SIG_DFL)
+            self.link.close()
+        return 0
+
+    # -- the daemon --------------------------------------------------------
+
+    def _sync(self) -> None:
+        """Reconnect, refresh and follow the selected unit's log, as due."""
+        now = time.monotonic()
+        try:
+            if not self.state.connected and now >= self.retry_at:
+                self.link.connect()
+                self.state.connected = True
+                self.usage_at = now
+            if self.state.connected and now >= min(self.changed_at, self.usage_at):
+                self._refresh(with_usage=now >= self.usage_at)
+            if self.state.connected and self.link.logs_of != self.state.selected:
+                self.state.logs.clear()
+                self.link.follow(self.state.selected)
+        except (DaemonUnavailable, OSError):
+            self._lost()
+
+    def _refresh(self, with_usage: bool) -> None:
+        """Fetch the units (and the selected one's ``why``, and the tree if shown)."""
+        calls = self.link.calls
+        assert calls is not None
+        now = time.monotonic()
+        units = calls.list(with_usage=with_usage)
+        if not with_usage:  # keep the last figures until the next refresh with usage
+            usage = {(u["name"], u.get("pid")): u for u in self.state.units}
+            for unit in units:
+                old = usage.get((unit["name"], unit.get("pid")), {})
+                unit["cpu_percent"], unit["rss_bytes"] = (
+                    old.get("cpu_percent"),
+                    old.get("rss_bytes"),
+                )
+        self.state.units = units
+        self.state.keep_selection()
+        self.state.why = self._why(calls, self.state.selected)
+        if self.state.forest is not None:
+            self.state.forest = calls.tree()
+        self.changed_at = math.inf
+        if with_usage:
+            self.usage_at = now + _TUI_REFRESH_S
+
+    @staticmethod
+    def _why(calls: ZinitClient, name: str | None) -> dict[str, Any] | None:
+        if name is None:
+            return None
+        try:
+            return calls.why(name)
+        except DaemonUnavailable:
+            raise
+        except ZinitError:
+            return None  # removed meanwhile
+
+    def _lost(self) -> None:
+        self.link.close()
+        self.state.connected = False
+        self.retry_at = time.monotonic() + _TUI_RETRY_S
+
+    def _refresh_soon(self) -> None:
+        self.changed_at = min(self.changed_at, time.monotonic() + _TUI_COALESCE_S)
+
+    # -- waiting -----------------------------------------------------------
+
+    def _wait(self) -> None:
+        """Block until a key, a message or the next deadline; then handle them."""
+        import select
+
+        if self.state.connected:
+            deadline = min(self.changed_at, self.usage_at)
+        else:
+            deadline = self.retry_at
+        timeout = max(0.0, deadline - time.monotonic())
+        terminal = sys.stdin.fileno()
+        ready, _, _ = select.select([terminal, self._wake_read], [], [], timeout)
+        if self._wake_read in ready:
+            try:
+                os.read(self._wake_read, 4096)
+            except BlockingIOError:
+                pass
+        self._handle_inbox()
+        if self.resized:
+            self._resize()
+        if terminal in ready:
+            selected = self.state.selected
+            self._handle_keys()
+            self.state.keep_selection()
+            if self.state.selected != selected:
+                self._refresh_soon()  # its why, and its log stream (in _sync)
+
+    def _handle_inbox(self) -> None:
+        import queue
+
+        while True:
+            try:
+                source, payload = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            if source == "message":
+                self.state.message = payload
+                self._refresh_soon()
+            elif source is self.link.events and source is not None:
+                if payload is None:
+                    self._lost()  # the daemon went away
+                elif payload.get("method") == "event":
+                    self._refresh_soon()
+            elif source is self.link.logs and payload and payload.get("method") == "log":
+                self.state.logs.append(payload["params"])
+
+    def _on_resize(self, signum: int, frame: Any) -> None:
+        self.resized = True
+        self.wake()
+
+    def _resize(self) -> None:
+        self.resized = False
+        try:
+            size = os.get_terminal_size(sys.stdout.fileno())
+        except OSError:
+            return
+        self.curses.resizeterm(size.lines, size.columns)
+        self.window.clear()
+
+    # -- keys --------------------------------------------------------------
+
+    def _handle_keys(self) -> None:
+        while self.running and (key := self.window.getch()) != -1:
+            if key == self.curses.KEY_RESIZE:
+                continue
+            if self.state.show_help:
+                self.state.show_help = False
+            elif self.state.prompt is not None:
+                self._prompt_key(key)
+            else:
+                self._command_key(key)
+
+    def _command_key(self, key: int) -> None:
+        curses = self.curses
+        page = max(1, self.window.getmaxyx()[0] // 2 - 2)
+        moves = {
+            curses.KEY_UP: -1, ord("k"): -1, curses.KEY_DOWN: 1, ord("j"): 1,
+            curses.KEY_PPAGE: -page, curses.KEY_NPAGE: page,
+            curses.KEY_HOME: -(10**6), curses.KEY_END: 10**6,
+        }  # fmt: skip
+        commands: dict[int, Callable[[], None]] = {
+            ord("q"): self._quit,
+            ord("s"): lambda: self._operate("start"),
+            ord("S"): lambda: self._operate("stop"),
+            ord("x"): lambda: self._operate("stop"),
+            ord("r"): lambda: self._operate("restart"),
+            ord("K"): lambda: self._ask("signal"),
+            ord("R"): self._reload,
+            ord("t"): self._toggle_tree,
+            ord("/"): lambda: self._ask("filter"),
+            ord("o"): self.state.cycle_sort,
+            ord("?"): self._show_help,
+            _ESC: self._clear_filter,
+        }
+        self.state.message = ""
+        if key in moves:
+            self._move(moves[key])
+        elif key in commands:
+            commands[key]()
+
+    def _move(self, delta: int) -> None:
+        if self.state.forest is not None:
+            self.state.tree_offset = max(0, self.state.tree_offset + delta)
+        else:
+            self.state.move(delta)
+
+    def _quit(self) -> None:
+        self.running = False
+
+    def _show_help(self) -> None:
+        self.state.show_help = True
+
+    def _clear_filter(self) -> None:
+        self.state.filter_text = ""
+
+    def _toggle_tree(self) -> None:
+        self.state.forest = None if self.state.forest is not None else []
+        self.state.tree_offset = 0
+        self._refresh_soon()
+
+    def _ask(self, prompt: str) -> None:
+        if prompt == "signal" and self.state.selected is None:
+            self.state.message = "no unit selected"
+            return
+        self.state.prompt = prompt
+        self.state.prompt_text = self.state.filter_text if prompt == "filter" else ""
+
+    def _prompt_key(self, key: int) -> None:
+        """Edit the bottom line; Enter applies it, Esc drops it (and clears a filter)."""
+        state = self.state
+        if key in (10, 13, self.curses.KEY_ENTER):
+            if state.prompt == "signal":
+                self._send_signal(state.prompt_text.strip() or "TERM")
+            state.prompt = None
+            return
+        if key == _ESC:
+            if state.prompt == "filter":
+                state.filter_text = ""
+            state.prompt = None
+            return
+        if key in (self.curses.KEY_BACKSPACE, 127, 8):
+            state.prompt_text = state.prompt_text[:-1]
+        elif 32 <= key < 127:
+            state.prompt_text += chr(key)
+        if state.prompt == "filter":
+            state.filter_text = state.prompt_text  # the list narrows as you type
+
+    def _operate(self, method: str) -> None:
+        name = self.state.selected
+        if name is None or not self.state.connected:
+            self.state.message = "no unit selected" if name is None else "not connected"
+            return
+        self.state.message = f"{method} {name} ..."
+        self.link.act(f"{method} {name}", lambda client: getattr(client, method)(name))
+
+    def _send_signal(self, signal_name_: str) -> None:
+        name = self.state.selected
+        if name is None or not self.state.connected:
+            return
+        self.state.message = f"kill {name} {signal_name_} ..."
+        self.link.act(f"kill {name}", lambda client: client.kill(name, signal_name_))
+
+    def _reload(self) -> None:
+        if not self.state.connected:
+            self.state.message = "not connected"
+            return
+        self.state.message = "reload ..."
+        self.link.act("reload", lambda client: client.reload())
+
+
+def _cmd_tui(args: argparse.Namespace, out: _Output) -> int:
+    """Run the live view until the user quits (SPEC section 8)."""
+    if out.as_json:
+        raise UsageError("tui: --json does not apply to the live view")
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError("tui: needs a terminal")
+    import curses
+
+    path = args.socket or default_socket_path()
+    colour = "NO_COLOR" not in os.environ
+    # curses prefers LINES and COLUMNS to the terminal's real size, and keeps
+    # them over a resize; exported by a parent (pytest does), they pin the view.
+    for name in ("LINES", "COLUMNS"):
+        os.environ.pop(name, None)
+    window = curses.initscr()
+    try:
+        curses.noecho()
+        curses.cbreak()
+        if colour and curses.has_colors():
+            curses.start_color()  # not without colour: it would paint white on black
+        return _Tui(window, curses, path, colour).run()
+    finally:
+        window.keypad(False)
+        curses.nocbreak()
+        curses.echo()
+        curses.endwin()
 
 
 # ==== 11. Daemon runtime =====================================================
@@ -3658,6 +4514,8 @@ class Supervisor:
         self._config_lock = gevent.lock.RLock()
         self._event_queues: set[Any] = set()
         self._log_queues: dict[Any, str | None] = {}
+        #: main pid -> (clock, CPU seconds of its tree) at the last ``list`` with usage.
+        self._cpu_samples: dict[int, tuple[float, float]] = {}
 
     # -- loading and the graph ---------------------------------------------
 
@@ -3827,10 +4685,49 @@ class Supervisor:
             return self._broken_status(name, self.broken[name])
         return self.unit(name).snapshot().to_dict()
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self, with_usage: bool = False) -> list[dict[str, Any]]:
         rows = [unit.snapshot().to_dict() for unit in self.units.values()]
         rows += [self._broken_status(n, e) for n, e in self.broken.items() if n not in self.units]
+        if with_usage:
+            self._add_usage(rows)
         return sorted(rows, key=lambda row: row["name"])
+
+    def _add_usage(self, rows: list[dict[str, Any]]) -> None:
+        """Add cpu_percent and rss_bytes of each unit's process and its children.
+
+        CPU % is the tree's CPU time since the previous request with usage over
+        the time between, so the first request for a pid gives None.  Only asked
+        for (the TUI, every few seconds): a plain ``list`` reads no /proc.
+        """
+        import psutil
+
+        now = self.clock()
+        samples: dict[int, tuple[float, float]] = {}
+        for row in rows:
+            row["cpu_percent"] = row["rss_bytes"] = None
+            if row["pid"] is None:
+                continue
+            try:
+                root = psutil.Process(row["pid"])
+                tree = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                continue
+            cpu_s, rss_bytes = 0.0, 0
+            for process in tree:
+                try:
+                    with process.oneshot():
+                        times = process.cpu_times()
+                        cpu_s += times.user + times.system
+                        rss_bytes += process.memory_info().rss
+                except psutil.Error:
+                    continue  # ended between the listing and the reading
+            row["rss_bytes"] = rss_bytes
+            samples[row["pid"]] = (now, cpu_s)
+            previous = self._cpu_samples.get(row["pid"])
+            if previous is not None and now > previous[0]:
+                used_s = max(0.0, cpu_s - previous[1])
+                row["cpu_percent"] = round(used_s / (now - previous[0]) * 100, 1)
+        self._cpu_samples = samples
 
     def why(self, name: str) -> dict[str, Any]:
         if name in self.broken and name not in self.units:
@@ -4871,8 +5768,8 @@ class _RpcServer:
     def rpc_ping(self, connection: _Connection) -> Any:
         return {"pong": True, "version": __version__, "pid": os.getpid()}
 
-    def rpc_list(self, connection: _Connection) -> Any:
-        return self.supervisor.list()
+    def rpc_list(self, connection: _Connection, with_usage: bool | None = None) -> Any:
+        return self.supervisor.list(with_usage=bool(with_usage))
 
     def rpc_status(self, connection: _Connection, name: str) -> Any:
         return self.supervisor.status(name)
