@@ -1956,21 +1956,8 @@ def _cmd_tree(args: argparse.Namespace, out: _Output) -> int:
     if out.as_json:
         out.json(forest)
         return 0
-
-    def show(node: dict[str, Any], prefix: str, last: bool, root: bool) -> None:
-        state = node.get("state")
-        label = out.state(state) if state else "undefined"
-        relation = "" if root else f"{node['relation']} "
-        mark = " (cycle)" if node.get("cycle") else ""
-        branch = "" if root else ("└─ " if last else "├─ ")
-        out.line(f"{prefix}{branch}{relation}{node['name']} [{label}]{mark}")
-        children = node.get("children", [])
-        deeper = prefix if root else prefix + ("   " if last else "│  ")
-        for index, child in enumerate(children):
-            show(child, deeper, index == len(children) - 1, False)
-
-    for node in forest:
-        show(node, "", True, True)
+    for text, state in _tree_lines(forest, ascii_only=False):
+        out.line(f"{text}[{out.state(state) if state else 'undefined'}]")
     return 0
 
 
