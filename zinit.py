@@ -20,7 +20,7 @@ Section map (``grep -n '^# ==== '`` lists the same):
      7. states               the seven states, allowed transitions, snapshots
      8. protocol             JSON-RPC framing and the method table
      9. client               ZinitClient and AsyncZinitClient
-    10. cli                  argparse commands, tables, exit codes
+    10. cli                  argparse commands, tables, exit codes; the curses tui
     11. daemon runtime       gevent hub set-up, subreaper, SIGCHLD reaping
     12. log ring             bounded per-unit line buffers and pipe readers
     13. processes            spawn, cgroups, signalling and sweeping groups
