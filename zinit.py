@@ -4690,18 +4690,24 @@ class Supervisor:
 
         now = self.clock()
         samples: dict[int, tuple[float, float]] = {}
+        # One pass over /proc for every unit's tree (children() per unit would
+        # rescan it for each unit).
+        children: dict[int, list[int]] = collections.defaultdict(list)
+        for process in psutil.process_iter(["ppid"]):
+            children[process.info["ppid"]].append(process.pid)
         for row in rows:
             row["cpu_percent"] = row["rss_bytes"] = None
             if row["pid"] is None:
                 continue
-            try:
-                root = psutil.Process(row["pid"])
-                tree = [root, *root.children(recursive=True)]
-            except psutil.Error:
-                continue
+            tree, stack = [], [row["pid"]]
+            while stack:
+                pid = stack.pop()
+                tree.append(pid)
+                stack.extend(children.get(pid, ()))
             cpu_s, rss_bytes = 0.0, 0
-            for process in tree:
+            for pid in tree:
                 try:
+                    process = psutil.Process(pid)
                     with process.oneshot():
                         times = process.cpu_times()
                         cpu_s += times.user + times.system

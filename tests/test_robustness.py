@@ -172,3 +172,15 @@ def test_issue_2_concurrent_starts_and_stops_settle(daemon):
     assert not errors, errors
     assert daemon.cli("start", "x").returncode == 0
     daemon.wait_state("x", "Running")
+
+
+def test_issue_6_usage_counts_the_whole_process_tree(daemon):
+    """`list` with usage sums memory over the unit's process tree, not only its main pid."""
+    import psutil
+
+    daemon.service("tree", "sh -c 'sleep 1000 & sleep 1000 & wait'")
+    daemon.start()
+    pid = daemon.wait_state("tree", "Running")["pid"]
+    wait_until(lambda: len(psutil.Process(pid).children()) == 2, what="both sleeps")
+    [unit] = [u for u in daemon.call("list", with_usage=True) if u["name"] == "tree"]
+    assert unit["rss_bytes"] > psutil.Process(pid).memory_info().rss
