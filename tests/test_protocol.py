@@ -393,3 +393,82 @@ def test_socket_removed_on_exit(daemon):
     daemon.start()
     assert daemon.stop() == 0
     wait_until(lambda: not os.path.exists(daemon.socket), timeout=10, what="socket removal")
+
+
+def _without_clocks(row: dict) -> dict:
+    return {key: value for key, value in row.items() if key not in ("uptime_s", "next_restart_s")}
+
+
+def test_list_rows_are_what_status_says(daemon):
+    """``list`` (encoded from a per-unit cache) agrees with ``status`` field for field."""
+    daemon.service("runner", "sleep 1000", dependencies='wants = ["ghost"]\n')
+    daemon.service("failer", "sh -c 'exit 3'", lifecycle='restart = "never"\n')
+    daemon.service("waiter", "sleep 1000", dependencies='requires = ["nowhere"]\n')
+    daemon.service(
+        "backoff", "sh -c 'exit 1'", lifecycle="restart_delay_ms = 60000\nmax_restarts = 5\n"
+    )
+    daemon.write("broken", "[service]\nexec = 42\n")
+    daemon.start()
+    daemon.wait_state("runner", "Running")
+    daemon.wait_state("failer", "Failed")
+    daemon.wait_state("waiter", "Blocked")
+    wait_until(lambda: daemon.status("backoff")["next_restart_s"], what="a pending restart")
+    with daemon.client() as client:
+        rows = client.list()
+        assert [row["name"] for row in rows] == sorted(row["name"] for row in rows)
+        assert {row["name"] for row in rows} >= {"runner", "failer", "waiter", "backoff", "broken"}
+        for row in rows:
+            status = client.status(row["name"])
+            assert _without_clocks(row) == _without_clocks(status), row["name"]
+            assert set(row) == set(status)
+        by_name = {row["name"]: row for row in rows}
+        assert by_name["runner"]["uptime_s"] >= 0
+        assert by_name["runner"]["warnings"] == ["wants 'ghost', which is not defined"]
+        assert by_name["failer"]["exit_code"] == 3
+        assert 0 < by_name["backoff"]["next_restart_s"] <= 60
+        assert "config error" in by_name["broken"]["reason"]
+
+
+def test_list_follows_every_change(daemon):
+    """A cached row is encoded again when its unit changes: state, pid, warnings."""
+    daemon.service("one", "sleep 1000")
+    daemon.start()
+    first = daemon.wait_state("one", "Running")
+    with daemon.client() as client:
+        assert client.list()[0]["pid"] == first["pid"]
+        client.restart("one")
+        wait_until(
+            lambda: (
+                (row := client.list()[0])["pid"] not in (None, first["pid"])
+                and row["state"] == "Running"
+            ),
+            what="a new pid in list",
+        )
+        assert client.list()[0]["restarts"] == client.status("one")["restarts"]
+        client.stop("one")
+        wait_until(lambda: client.list()[0]["state"] == "Exited", what="Exited in list")
+        assert client.list()[0]["pid"] is None
+        assert client.list()[0]["exit_code"] == client.status("one")["exit_code"]
+        daemon.service("one", "sleep 1000", dependencies='after = ["later"]\n')
+        client.reload()
+        wait_until(lambda: client.list()[0]["warnings"], what="a warning in list")
+        daemon.service("later", "sleep 1000")
+        client.reload()
+        wait_until(lambda: len(client.list()) == 2, what="the new unit")
+        assert client.list()[1]["warnings"] == []
+
+
+def test_list_in_a_batch_is_an_array_of_units(wire):
+    """The pre-encoded list is spliced into batch replies as JSON, not as a string."""
+    wire.send(
+        json.dumps(
+            [
+                {"jsonrpc": "2.0", "id": 1, "method": "list"},
+                {"jsonrpc": "2.0", "id": 2, "method": "list", "params": {"with_usage": True}},
+            ]
+        )
+    )
+    replies = {reply["id"]: reply for reply in wire.read()}
+    assert [row["name"] for row in replies[1]["result"]] == ["sleeper"]
+    assert replies[1]["result"][0]["state"] == "Running"
+    assert replies[2]["result"][0]["rss_bytes"] > 0
