@@ -1,8 +1,10 @@
 """zinit against supervisord and s6, in one run: python bench/run.py [--quick] [--only NAMES]
 
-Peers are installed here when the registries allow: supervisord from PyPI into
-a venv of this run's own (under its temporary directory), s6 with apt-get
-(as root) when s6-svscan is missing.  A peer that cannot be had is skipped
+zinit is installed from this tree into a venv of the run's own (under its
+temporary directory), and a .pyz is built from it, so that it runs as an
+operator's copy does.  Peers are installed when the registries allow:
+supervisord from PyPI into a venv, s6 with apt-get (as root) when s6-svscan
+is missing.  A peer that cannot be had is skipped
 with a note.  Supervisors are measured alternately within each repetition,
 and everything is observed from outside through /proc: a unit counts as up
 when a descendant of the supervisor runs ``sleep``.
@@ -203,11 +205,20 @@ class Zinit(Peer):
             with open(os.path.join(self.config_dir, f"{name}.toml"), "w") as stream:
                 stream.write(text)
 
+    #: Set by install_zinit(): a venv with zinit installed from this tree (not
+    #: editable, which would load an import hook into every interpreter start).
+    venv = ""
+    pyz = ""  # and the .pyz built from it
+
+    def program(self, name: str) -> list[str]:
+        if self.venv:
+            return [os.path.join(self.venv, "bin", name)]
+        entry = "server_main" if name == "zinit-server" else "main"
+        return [sys.executable, "-c", f"import sys, zinit; sys.exit(zinit.{entry}())"]
+
     def command(self) -> list[str]:
         return [
-            sys.executable,
-            "-c",
-            "import sys, zinit; sys.exit(zinit.server_main())",
+            *self.program("zinit-server"),
             "--config-dir",
             self.config_dir,
             "--socket",
@@ -215,8 +226,11 @@ class Zinit(Peer):
         ]
 
     def cli_status(self, name: str) -> list[str]:
-        module = "import sys, zinit; sys.exit(zinit.main())"
-        return [sys.executable, "-c", module, "--socket", self.socket, "status", name]
+        return [*self.program("zinit"), "--socket", self.socket, "status", name]
+
+    def pyz_status(self, name: str) -> list[str]:
+        python = os.path.join(self.venv, "bin", "python")
+        return [python, self.pyz, "--socket", self.socket, "status", name]
 
     def client(self) -> zinit.ZinitClient:
         deadline = time.monotonic() + 30
@@ -287,6 +301,37 @@ class S6(Peer):
         return [self.proc.pid] + [
             child.pid for child in scanner.children() if child.name() == "s6-supervise"
         ]
+
+
+def install_zinit(tmp: str) -> str | None:
+    """Install this tree into a venv of the run's own and build the .pyz; None or why not."""
+    venv, source = os.path.join(tmp, "zinit-venv"), os.path.join(tmp, "zinit-src")
+    os.mkdir(source)
+    for name in ("zinit.py", "pyproject.toml", "README.md", "build_pyz.sh"):
+        shutil.copy2(ROOT / name, source)
+    python = os.path.join(venv, "bin", "python")
+    try:
+        subprocess.run([sys.executable, "-m", "venv", venv], check=True, capture_output=True)
+        subprocess.run(
+            [python, "-m", "pip", "install", "-q", source],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+        pyz = os.path.join(tmp, "zinit.pyz")
+        subprocess.run(
+            ["bash", os.path.join(source, "build_pyz.sh")],
+            check=True,
+            capture_output=True,
+            timeout=600,
+            env={**os.environ, "PYTHON": python, "OUT": pyz},
+        )
+    except (subprocess.SubprocessError, OSError) as error:
+        return f"installing zinit into a venv failed ({error})"
+    Zinit.venv, Zinit.pyz = venv, pyz
+    ENV.pop("PYTHONPATH", None)
+    ENV["SHIV_ROOT"] = os.path.join(tmp, "shiv")  # where the .pyz unpacks, removed with tmp
+    return None
 
 
 def install_supervisord(tmp: str) -> str | None:
@@ -466,13 +511,17 @@ def idle_cost(results: Results, peers: list[Peer], seconds: float) -> None:
 
 
 def cli_status(results: Results, peers: list[Peer], runs: int) -> None:
+    commands = [(peer, "CLI status, one call", peer.cli_status(peer.names[0])) for peer in peers]
+    zinit_peer = peers[0]
+    if isinstance(zinit_peer, Zinit) and zinit_peer.pyz:
+        pyz = zinit_peer.pyz_status(zinit_peer.names[0])
+        subprocess.run(pyz, check=True, stdout=subprocess.DEVNULL, env=ENV)  # unpacks once
+        commands.append((zinit_peer, "CLI status, one call (.pyz)", pyz))
     for _ in range(runs):
-        for peer in peers:
+        for peer, row, command in commands:
             started = time.monotonic()
-            subprocess.run(
-                peer.cli_status(peer.names[0]), check=True, stdout=subprocess.DEVNULL, env=ENV
-            )
-            results.add("CLI status, one call", "ms", peer.name, time.monotonic() - started)
+            subprocess.run(command, check=True, stdout=subprocess.DEVNULL, env=ENV)
+            results.add(row, "ms", peer.name, time.monotonic() - started)
 
 
 def _rpc_worker(socket: str, method: str, seconds: float, go, counts) -> None:
@@ -519,6 +568,51 @@ def rpc_rates(results: Results, daemon: Zinit, runs: int, seconds: float) -> Non
             for clients in (1, 10):
                 rate = rpc_rate(daemon.socket, method, clients, seconds)
                 results.add(f"RPC {label}, {clients} client(s)", "/s", "zinit", rate)
+
+
+def log_throughput(results: Results, tmp: str, seconds: float) -> None:
+    """zinit alone: a unit printing numbered lines as fast as it can.
+
+    Lines/s are read off the numbers of the newest logged line, and one
+    client asks for another unit's status back to back meanwhile.
+    """
+    peer = Zinit(tmp)
+    peer.configure({"u0000": [], "flood": []})
+    with open(os.path.join(peer.config_dir, "flood.toml"), "w") as stream:
+        stream.write('[service]\nexec = "seq 1 1000000000000"\n')
+    peer.names = ["u0000"]  # what wait_running counts: the flood is no sleep
+    peer.launch()
+    try:
+        peer.wait_running()
+        with peer.client() as client:
+
+            def newest() -> tuple[float, int]:
+                (entry,) = client.logs("flood", 1)
+                return time.monotonic(), int(entry["line"])
+
+            deadline = time.monotonic() + WAIT_LIMIT
+            while not client.logs("flood", 1):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the flooding unit logged nothing")
+                time.sleep(0.01)
+            time.sleep(0.5)
+            began, first = newest()
+            latencies = []
+            while time.monotonic() < began + seconds:
+                started = time.perf_counter()
+                client.status("u0000")
+                latencies.append(time.perf_counter() - started)
+            ended, last = newest()
+        latencies.sort()
+        results.add(
+            "log lines taken in while flooded", "/s", "zinit", (last - first) / (ended - began)
+        )
+        results.add("status while flooded, median", "ms", "zinit", statistics.median(latencies))
+        results.add(
+            "status while flooded, p99", "ms", "zinit", latencies[int(0.99 * len(latencies))]
+        )
+    finally:
+        peer.stop()
 
 
 def crash_restart(results: Results, peers: list[Peer], samples: int) -> None:
@@ -592,6 +686,8 @@ def goals(
     )
     cli = m("CLI status, one call", "zinit")
     goal("CLI status <= 30 ms (module)", cli, lambda v: v <= 0.03, f"{(cli or 0) * 1e3:.1f} ms")
+    pyz = m("CLI status, one call (.pyz)", "zinit")
+    goal("CLI status <= 60 ms (.pyz)", pyz, lambda v: v <= 0.06, f"{(pyz or 0) * 1e3:.1f} ms")
     for label, floor in (("status (1 unit)", 10_000), (f"list ({idle_units} units)", 2_000)):
         rates = [m(f"RPC {label}, {c} client(s)", "zinit") for c in (1, 10)]
         best = max((r for r in rates if r is not None), default=None)
@@ -636,11 +732,16 @@ def main() -> int:
     idle_units, idle_seconds = (5, 2.0) if quick else (100, 30.0)
     crash_samples, cli_runs = (3, 3) if quick else (20, 20)
     rpc_runs, rpc_seconds = (1, 0.3) if quick else (3, 1.0)
+    flood_seconds = 0.5 if quick else 3.0
 
     tmp = tempfile.mkdtemp(prefix="zinit-bench-run.")
     results = Results()
     notes = []
     kinds: list[type[Peer]] = [Zinit]
+    if quick:
+        notes.append("zinit runs from this tree (a full run installs it into a venv, with a .pyz)")
+    elif why := install_zinit(tmp):
+        notes.append(f"zinit runs from this tree: {why}")
     if "supervisord" in wanted:
         why = install_supervisord(tmp)
         kinds += [Supervisord] if why is None else []
@@ -651,6 +752,7 @@ def main() -> int:
         notes += [f"s6 skipped: {why}"] if why else []
     names = [kind.name for kind in kinds]
     print(f"interpreter: {sys.executable} (Python {sys.version.split()[0]}); peers: {names}")
+    print(f"zinit: {'installed in ' + Zinit.venv if Zinit.venv else 'imported from this tree'}")
     for note in notes:
         print(f"note: {note}")
     started = time.monotonic()
@@ -691,6 +793,7 @@ def main() -> int:
                 stop_all(peers)
 
         results.attempt("crash to restart", crashes)
+        results.attempt("log throughput", lambda: log_throughput(results, tmp, flood_seconds))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
