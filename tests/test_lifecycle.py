@@ -14,6 +14,8 @@ import psutil
 import pytest
 from conftest import PYTHON, pid_alive, wait_until
 
+import zinit
+
 FAST_STOP = "stop_timeout_ms = 1000\n"
 
 
@@ -486,3 +488,45 @@ def test_env_table_reaches_the_child(daemon):
     daemon.wait_state("envy", "Exited")
     lines = [e["line"] for e in daemon.call("logs", name="envy")]
     assert "greeting=hello world other=x=y" in lines, lines
+
+
+def _cgroup_of(pid: int) -> str:
+    with open(f"/proc/{pid}/cgroup") as stream:
+        return next(line.strip()[3:] for line in stream if line.startswith("0::"))
+
+
+@pytest.mark.skipif(
+    zinit._own_cgroup_dir() is None, reason="needs a writable cgroup v2 mount (CI has one)"
+)
+def test_units_run_in_threaded_cgroups_under_the_daemon(daemon):
+    """The daemon lives in zinit-<pid>; each unit's tree in its own threaded cgroup below.
+
+    Restarts and stops keep that true, and the directories are gone after a clean exit.
+    """
+    daemon.service(
+        "tree", "sh -c 'sleep 1000 & exec sleep 1000'", lifecycle="restart_delay_ms = 0\n"
+    )
+    daemon.start()
+    first = daemon.wait_state("tree", "Running")["pid"]
+    root = _cgroup_of(daemon.proc.pid)
+    assert root.endswith(f"/zinit-{daemon.proc.pid}"), root
+    mount = zinit._own_cgroup_dir().removesuffix(_cgroup_of(os.getpid()).rstrip("/"))
+    leaf = f"{root}/tree"
+    with open(f"{mount}{leaf}/cgroup.type") as stream:
+        assert stream.read().strip() == "threaded"
+    wait_until(lambda: len(zinit._Cgroups.pids(mount + leaf)) == 2, what="sh's child in the leaf")
+    for pid in zinit._Cgroups.pids(mount + leaf):
+        assert _cgroup_of(pid) == leaf
+    os.kill(first, signal.SIGKILL)
+    second = wait_until(
+        lambda: (
+            (s := daemon.status("tree"))["state"] == "Running"
+            and s["pid"] not in (None, first)
+            and s["pid"]
+        ),
+        what="a restart",
+    )
+    assert _cgroup_of(second) == leaf
+    assert _cgroup_of(daemon.proc.pid) == root, "the daemon stays in its root between spawns"
+    assert daemon.stop() == 0
+    assert not os.path.exists(mount + root)
