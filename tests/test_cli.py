@@ -451,6 +451,17 @@ def test_usage_errors_exit_2(running, args):
     assert result.stderr.strip(), result
 
 
+def test_unknown_command_lists_every_command(running):
+    """Only the named command's parser is built; an unknown name still gets the full list."""
+    result = running.cli("no-such-command")
+    assert result.returncode == 2, result
+    for command in ("list", "status", "start", "xinet", "validate", "tui"):
+        assert f"'{command}'" in result.stderr, result.stderr
+    assert running.cli("--json", "status", "sleeper").returncode == 0
+    assert "usage: zinit xinet set" in running.cli("xinet", "set", "--help").stdout
+    assert "COMMAND" in running.cli("--help").stdout
+
+
 def test_no_daemon_exits_3(tmp_path):
     """Nothing at the socket: exit 3, naming the socket and how to start a daemon."""
     socket_path = str(tmp_path / "nothing.sock")
