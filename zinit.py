@@ -3441,22 +3441,47 @@ class _BackgroundWriter:
         self._dropped = 0
         self._closed = False
         self._waiting = False
+        self._schedule: Callable[[Callable[[], None]], Any] | None = None
+        self._schedule_thread = 0
+        self._kick_pending = False
         self._ready = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="zinit-writer", daemon=True)
         self._thread.start()
 
+    def coalesce(self, schedule: Callable[[Callable[[], None]], Any]) -> None:
+        """Wake the thread once per turn of the event loop, not once per line.
+
+        ``schedule`` runs a callback at the end of the loop's current turn; a
+        burst (500 units starting log 1,500 lines) then costs a few wake-ups,
+        and each costs a thread switch.  Only used from the calling thread.
+        """
+        import threading
+
+        self._schedule, self._schedule_thread = schedule, threading.get_ident()
+
     def write_lines(self, lines: list[str]) -> None:
         """Queue newline-terminated lines; never blocks for long."""
+        import threading
+
         with self._ready:
             self._pending.extend(lines)
             excess = len(self._pending) - self._limit
             for _ in range(max(0, excess)):
                 self._pending.popleft()
             self._dropped += max(0, excess)
-            # A thread that is awake takes everything pending before it waits
-            # again; waking it per line would cost a thread switch per line.
-            if self._waiting:
+            # A thread that is awake takes everything pending before it waits again.
+            if not self._waiting or self._kick_pending:
+                return
+            if self._schedule is None or threading.get_ident() != self._schedule_thread:
                 self._ready.notify()
+                return
+            self._kick_pending = True
+        self._schedule(self._kick)
+
+    def _kick(self) -> None:
+        with self._ready:
+            self._kick_pending = False
+            self._ready.notify()
 
     def _run(self) -> None:
         while True:
@@ -3570,8 +3595,11 @@ def _own_cgroup_dir() -> str | None:
 
 
 def _write_cgroup_file(directory: str, name: str, text: str) -> None:
-    with open(os.path.join(directory, name), "w") as stream:
-        stream.write(text)
+    fd = os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 def _thread_group(tid: int) -> int | None:
@@ -3669,7 +3697,8 @@ class _Cgroups:
                 tids = [int(line) for line in stream if line.strip()]
         except OSError:
             return []
-        return sorted({group for tid in tids if (group := _thread_group(tid)) is not None})
+        groups = {group for tid in tids if (group := _thread_group(tid)) is not None}
+        return sorted(groups - {os.getpid()})  # never the daemon, whatever happens
 
     @staticmethod
     def kill_all(leaf: str | None) -> bool:
@@ -4648,6 +4677,8 @@ class Supervisor:
         self.write_dir = write_dir
         #: Writes service lines to stdout as "name | line" (--forward-logs, containers).
         self.forwarder = _BackgroundWriter(sys.stdout) if forward_logs else None
+        if self.forwarder is not None:
+            self.forwarder.coalesce(runtime.loop.run_callback)
         self.cgroups = _Cgroups()
         self.units: dict[str, Service] = {}
         self.configs: dict[str, UnitConfig] = {}
@@ -4834,10 +4865,11 @@ class Supervisor:
             path=error.path,
         ).to_dict()
 
-    def status(self, name: str) -> dict[str, Any]:
+    def status_json(self, name: str) -> _RawJson:
+        """What ``status`` returns, as JSON text (see Service.status_json)."""
         if name in self.broken and name not in self.units:
-            return self._broken_status(name, self.broken[name])
-        return self.unit(name).snapshot().to_dict()
+            return _RawJson(_to_json(self._broken_status(name, self.broken[name])))
+        return _RawJson(self.unit(name).status_json())
 
     def list_json(self) -> _RawJson:
         """What ``list`` returns, as JSON text (see Service.status_json)."""
@@ -5945,7 +5977,7 @@ class _RpcServer:
         return self.supervisor.list_json()
 
     def rpc_status(self, connection: _Connection, name: str) -> Any:
-        return self.supervisor.status(name)
+        return self.supervisor.status_json(name)
 
     def rpc_start(self, connection: _Connection, name: str) -> Any:
         self.supervisor.start(name, by_hand=True)
@@ -6201,6 +6233,10 @@ def _configure_logging(level_name: str) -> _BackgroundWriter:
             file=sys.stderr,
         )
         level = logging.INFO
+    # Nothing this log prints needs the caller's frame, thread or process, and
+    # looking them up costs every record (the logging HOWTO, "Optimization").
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     writer = _BackgroundWriter(sys.stderr)
 
     class Handler(logging.Handler):
@@ -6259,12 +6295,12 @@ def server_main(argv: list[str] | None = None) -> int:
     args = _server_parser().parse_args(argv)
     writer = _configure_logging(os.environ.get("ZINIT_LOG_LEVEL", DEFAULT_LOG_LEVEL))
     try:
-        return _serve(args)
+        return _serve(args, writer)
     finally:
         writer.close()
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace, writer: _BackgroundWriter) -> int:
     """The daemon's life after argument parsing: load, listen, boot, wait, stop."""
     try:
         runtime = _Runtime()
@@ -6275,6 +6311,7 @@ def _serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    writer.coalesce(runtime.loop.run_callback)
     import gevent
 
     config_dir = args.config_dir or default_config_dir()

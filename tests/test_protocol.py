@@ -400,7 +400,8 @@ def _without_clocks(row: dict) -> dict:
 
 
 def test_list_rows_are_what_status_says(daemon):
-    """``list`` (encoded from a per-unit cache) agrees with ``status`` field for field."""
+    """``list`` and ``status`` (encoded from a per-unit cache) agree field for field with
+    a snapshot taken afresh (``list`` with usage, which bypasses the cache)."""
     daemon.service("runner", "sleep 1000", dependencies='wants = ["ghost"]\n')
     daemon.service("failer", "sh -c 'exit 3'", lifecycle='restart = "never"\n')
     daemon.service("waiter", "sleep 1000", dependencies='requires = ["nowhere"]\n')
@@ -415,12 +416,17 @@ def test_list_rows_are_what_status_says(daemon):
     wait_until(lambda: daemon.status("backoff")["next_restart_s"], what="a pending restart")
     with daemon.client() as client:
         rows = client.list()
+        fresh = {row["name"]: row for row in client.list(with_usage=True)}
         assert [row["name"] for row in rows] == sorted(row["name"] for row in rows)
         assert {row["name"] for row in rows} >= {"runner", "failer", "waiter", "backoff", "broken"}
         for row in rows:
             status = client.status(row["name"])
             assert _without_clocks(row) == _without_clocks(status), row["name"]
             assert set(row) == set(status)
+            usage = {"cpu_percent", "rss_bytes"}
+            expected = {k: v for k, v in fresh[row["name"]].items() if k not in usage}
+            assert _without_clocks(row) == _without_clocks(expected), row["name"]
+            assert set(row) == set(expected)
         by_name = {row["name"]: row for row in rows}
         assert by_name["runner"]["uptime_s"] >= 0
         assert by_name["runner"]["warnings"] == ["wants 'ghost', which is not defined"]
