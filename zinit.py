@@ -4766,7 +4766,7 @@ class Supervisor:
 
     def warnings_for(self, name: str) -> list[str]:
         config = self.configs.get(name)
-        if config is None:
+        if config is None or not (config.wants or config.after or config.conflicts):
             return []
         warnings = []
         for kind in ("wants", "after", "conflicts"):
