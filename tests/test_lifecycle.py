@@ -8,6 +8,7 @@ import os
 import pwd
 import shlex
 import signal
+import subprocess
 import textwrap
 
 import psutil
@@ -510,7 +511,9 @@ def test_units_run_in_threaded_cgroups_under_the_daemon(daemon):
     first = daemon.wait_state("tree", "Running")["pid"]
     root = _cgroup_of(daemon.proc.pid)
     assert root.endswith(f"/zinit-{daemon.proc.pid}"), root
-    mount = zinit._own_cgroup_dir().removesuffix(_cgroup_of(os.getpid()).rstrip("/"))
+    mount = os.path.normpath(zinit._own_cgroup_dir()).removesuffix(
+        _cgroup_of(os.getpid()).rstrip("/")
+    )
     leaf = f"{root}/tree"
     with open(f"{mount}{leaf}/cgroup.type") as stream:
         assert stream.read().strip() == "threaded"
@@ -530,3 +533,45 @@ def test_units_run_in_threaded_cgroups_under_the_daemon(daemon):
     assert _cgroup_of(daemon.proc.pid) == root, "the daemon stays in its root between spawns"
     assert daemon.stop() == 0
     assert not os.path.exists(mount + root)
+
+
+@pytest.mark.skipif(
+    zinit._own_cgroup_dir() is None, reason="needs a writable cgroup v2 mount (CI has one)"
+)
+def test_units_get_whole_process_cgroups_where_threaded_ones_are_refused(daemon, python):
+    """A cgroup root with a populated domain child cannot hold threaded cgroups: the daemon
+    falls back to moving itself whole, and each unit's tree still gets its own cgroup."""
+    mount = os.path.normpath(zinit._own_cgroup_dir()).removesuffix(
+        _cgroup_of(os.getpid()).rstrip("/")
+    )
+    root = os.path.join(zinit._own_cgroup_dir(), f"zinit-fallback-{os.getpid()}")
+    os.makedirs(os.path.join(root, "blocker"))
+    blocker = subprocess.Popen(["sleep", "1000"])
+    try:
+        with open(os.path.join(root, "blocker", "cgroup.procs"), "w") as stream:
+            stream.write(str(blocker.pid))
+        daemon.service("tree", "sh -c 'sleep 1000 & exec sleep 1000'", lifecycle=FAST_STOP)
+        daemon.start(env={"ZINIT_CGROUP_ROOT": root})
+        pid = daemon.wait_state("tree", "Running")["pid"]
+        leaf = os.path.join(root, "tree")
+        with open(os.path.join(leaf, "cgroup.type")) as stream:
+            assert stream.read().strip() == "domain"
+        pids = wait_until(
+            lambda: len(zinit._Cgroups.pids(leaf)) == 2 and zinit._Cgroups.pids(leaf),
+            what="sh and its child in the leaf",
+        )
+        assert pid in pids
+        for member in pids:
+            assert mount + _cgroup_of(member) == leaf
+        wait_until(lambda: "threaded cgroups refused" in daemon.log(), what="the fallback logged")
+        daemon_cgroup = os.path.normpath(mount + _cgroup_of(daemon.proc.pid))
+        assert daemon_cgroup == os.path.normpath(root), "the daemon is back home between spawns"
+        assert daemon.cli("stop", "tree").returncode == 0
+        wait_until(lambda: not alive(pids), timeout=15, what="the unit's tree gone")
+    finally:
+        blocker.kill()
+        blocker.wait()
+        daemon.stop()
+        for directory in (os.path.join(root, "blocker"), os.path.join(root, "tree"), root):
+            if os.path.isdir(directory):
+                os.rmdir(directory)
