@@ -104,8 +104,10 @@ __version__ = "0.1.0"
 # Default paths (SPEC section 2), protocol limits and the unit-name pattern.
 # Everything tunable lives here so that the rest reads without magic numbers.
 
-#: Unit names: also file stems, so no slash and no leading dot can pass.
-UNIT_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
+#: Unit names: also file stems, so no slash and no leading dot can pass.  The
+#: patterns of this file stay strings for re's cache to compile at first use:
+#: compiled at import, they would cost every CLI call a few milliseconds.
+UNIT_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}"
 
 #: One JSON-RPC frame (a line) may not exceed this many bytes.
 MAX_FRAME_BYTES = 1 << 20
@@ -331,7 +333,7 @@ def format_duration(seconds: float | None) -> str:
 
 
 def is_unit_name(name: object) -> bool:
-    return isinstance(name, str) and UNIT_NAME_RE.fullmatch(name) is not None
+    return isinstance(name, str) and re.fullmatch(UNIT_NAME_PATTERN, name) is not None
 
 
 # ==== 5. Config ==============================================================
@@ -446,9 +448,9 @@ _TABLES = {
         "single_connection",
     ),
 }
-_TOML_POSITION_RE = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
-_TOML_KEY_RE = re.compile(r"""\s*("[^"]*"|'[^']*'|[A-Za-z0-9_-]+(?:\s*\.\s*[A-Za-z0-9_-]+)*)\s*=""")
-_TOML_TABLE_RE = re.compile(r"\s*\[\s*([^\]\[]+?)\s*\]")
+_TOML_POSITION_PATTERN = r"\s*\(at line (\d+), column (\d+)\)$"
+_TOML_KEY_PATTERN = r"""\s*("[^"]*"|'[^']*'|[A-Za-z0-9_-]+(?:\s*\.\s*[A-Za-z0-9_-]+)*)\s*="""
+_TOML_TABLE_PATTERN = r"\s*\[\s*([^\]\[]+?)\s*\]"
 
 
 def _key_positions(text: str) -> dict[str, tuple[int, int, int]]:
@@ -460,12 +462,12 @@ def _key_positions(text: str) -> dict[str, tuple[int, int, int]]:
     positions: dict[str, tuple[int, int, int]] = {}
     table = ""
     for number, line in enumerate(text.splitlines(), start=1):
-        header = _TOML_TABLE_RE.match(line)
+        header = re.match(_TOML_TABLE_PATTERN, line)
         if header and not line.lstrip().startswith("[["):
             table = header.group(1).replace(" ", "")
             positions.setdefault(table, (number, header.start(1) + 1, header.start(1) + 1))
             continue
-        key = _TOML_KEY_RE.match(line)
+        key = re.match(_TOML_KEY_PATTERN, line)
         if key:
             name = key.group(1).strip("\"'").replace(" ", "")
             dotted = f"{table}.{name}" if table else name
@@ -823,7 +825,7 @@ def parse_unit_text(text: str, path: str, name: str) -> UnitConfig | XinetConfig
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         message = str(error)
-        found = _TOML_POSITION_RE.search(message)
+        found = re.search(_TOML_POSITION_PATTERN, message)
         line = col = None
         if found:
             line, col = int(found.group(1)), int(found.group(2))
