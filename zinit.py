@@ -3604,36 +3604,23 @@ def _write_cgroup_file(directory: str, name: str, text: str) -> None:
         os.close(fd)
 
 
-def _thread_group(tid: int) -> int | None:
-    """The process a thread belongs to, or None once it is gone."""
-    try:
-        with open(f"/proc/{tid}/status") as stream:
-            for line in stream:
-                if line.startswith("Tgid:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return None
-
-
 class _Cgroups:
     """Per-service cgroup v2 leaves under ``<own cgroup>/zinit-<pid>/``.
 
-    The daemon moves into that root, and each leaf is a *threaded* cgroup.  To
-    put a new process into its leaf without a preexec_fn (which forces Python's
-    slow fork path), the spawning thread alone moves into the leaf, spawns and
-    moves back; nothing yields in between.  Moving one's own thread spares the
-    kernel's global threadgroup lock, whose first write after a quiet spell waits
-    for an RCU grace period: 9 ms on this machine, against about 0.2 ms.  Where
-    threaded leaves are refused, the whole daemon moves (``cgroup.procs``).
+    To put a new process into its leaf without a preexec_fn (which forces
+    Python's slow fork path), the daemon moves itself into the leaf, spawns,
+    and moves back; nothing yields in between.  A move costs tens of
+    microseconds, except the first after a quiet spell: the kernel's global
+    threadgroup lock then waits for an RCU grace period (9 ms here), which a
+    restart pays.  Threaded leaves, where only the spawning thread moves, would
+    spare it, but nothing could then make cgroups below a unit: no nested
+    supervisor, no container engine.  So leaves are ordinary cgroups.
     """
 
     def __init__(self) -> None:
         own = _own_cgroup_dir()
         self.own = own
         self.root: str | None = None
-        self.home: str | None = own  # where the daemon is between spawns
-        self.threaded = False
         if own is None:
             return
         # zinit-pid1 names the root, so that it can clean up after a crashed server.
@@ -3644,11 +3631,6 @@ class _Cgroups:
             _log().info("no per-service cgroups (%s); using process groups", error.strerror)
             return
         self.root = root
-        try:
-            _write_cgroup_file(root, "cgroup.procs", str(os.getpid()))
-        except OSError:
-            return  # stay in our own cgroup; the whole daemon moves for each spawn
-        self.home, self.threaded = root, True
 
     def leaf(self, name: str) -> str | None:
         if self.root is None:
@@ -3658,49 +3640,45 @@ class _Cgroups:
             os.makedirs(path, exist_ok=True)
         except OSError:
             return None
-        if self.threaded:
-            try:
-                _write_cgroup_file(path, "cgroup.type", "threaded")
-            except OSError as error:
-                _log().info("threaded cgroups refused (%s); moving the daemon", error.strerror)
-                self.threaded = False
         return path
 
     def _enter(self, directory: str) -> None:
-        if self.threaded:
-            _write_cgroup_file(directory, "cgroup.threads", "0")  # "0": the calling thread
-        else:
-            _write_cgroup_file(directory, "cgroup.procs", str(os.getpid()))
+        _write_cgroup_file(directory, "cgroup.procs", str(os.getpid()))
 
-    def spawn_in(self, leaf: str | None, spawn: Callable[[], Any]) -> Any:
-        if leaf is None or self.home is None:
-            return spawn()
+    def spawn_in(self, leaf: str | None, spawn: Callable[[], Any]) -> tuple[Any, str | None]:
+        """Run ``spawn`` inside ``leaf``; return its result and the leaf it ran in (or None)."""
+        if leaf is None or self.own is None:
+            return spawn(), None
         try:
             self._enter(leaf)
-        except OSError:
-            return spawn()
+        except OSError as error:
+            _log().warning(
+                "cannot enter cgroup %s (%s); tracking the unit by process group",
+                leaf,
+                error.strerror,
+            )
+            return spawn(), None
         try:
-            return spawn()
+            return spawn(), leaf
         finally:
-            self._enter(self.home)
+            try:
+                self._enter(self.own)
+            except OSError as error:  # the new process is running: do not lose it
+                _log().error("cannot leave cgroup %s (%s)", leaf, error.strerror)
 
     @staticmethod
     def pids(leaf: str | None) -> list[int]:
+        """Every process in the leaf and in cgroups a unit made below it."""
         if leaf is None:
             return []
-        try:
-            with open(os.path.join(leaf, "cgroup.procs")) as stream:
-                return [int(line) for line in stream if line.strip()]
-        except OSError:
-            pass
-        # A threaded leaf lists threads only.
-        try:
-            with open(os.path.join(leaf, "cgroup.threads")) as stream:
-                tids = [int(line) for line in stream if line.strip()]
-        except OSError:
-            return []
-        groups = {group for tid in tids if (group := _thread_group(tid)) is not None}
-        return sorted(groups - {os.getpid()})  # never the daemon, whatever happens
+        found: set[int] = set()
+        for directory, _, _ in os.walk(leaf):
+            try:
+                with open(os.path.join(directory, "cgroup.procs")) as stream:
+                    found.update(int(line) for line in stream if line.strip())
+            except (OSError, ValueError):
+                continue
+        return sorted(found - {os.getpid()})  # never the daemon, whatever happens
 
     @staticmethod
     def kill_all(leaf: str | None) -> bool:
@@ -3712,9 +3690,7 @@ class _Cgroups:
             return True
         except OSError:
             pass
-        # Threaded cgroups have no cgroup.kill.  A process forked after the
-        # listing is found by the caller's next look at the leaf.
-        pids = _Cgroups.pids(leaf)
+        pids = _Cgroups.pids(leaf)  # a process forked after this is found by the next look
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -3724,17 +3700,18 @@ class _Cgroups:
 
     def remove(self, leaf: str | None) -> None:
         if leaf is not None:
+            self._remove_below(leaf)
+
+    @staticmethod
+    def _remove_below(directory: str) -> None:
+        """rmdir a cgroup and those made below it, deepest first (only empty ones go)."""
+        for path, _, _ in os.walk(directory, topdown=False):
             try:
-                os.rmdir(leaf)
+                os.rmdir(path)
             except OSError:
                 pass
 
     def close(self) -> None:
-        if self.home == self.root and self.own is not None:
-            try:  # out of the root, so that it can be removed
-                _write_cgroup_file(self.own, "cgroup.procs", str(os.getpid()))
-            except OSError:
-                pass
         self.remove_tree(self.root)
 
     @staticmethod
@@ -3742,24 +3719,17 @@ class _Cgroups:
         """Remove an emptied per-daemon cgroup directory and its leaves."""
         if root is None or not os.path.isdir(root):
             return
-        for entry in os.listdir(root):
-            path = os.path.join(root, entry)
-            if os.path.isdir(path):
-                try:
-                    os.rmdir(path)
-                except OSError:
-                    pass
-        try:
-            os.rmdir(root)
-        except OSError:
-            pass
+        _Cgroups._remove_below(root)
 
 
 @functools.cache
 def _base_environment() -> dict[str, str]:
     """What every service inherits; the daemon never changes its own environment."""
     env = dict(os.environ)
-    env.pop("NOTIFY_SOCKET", None)
+    # The shim's variables are for this server: a zinit started by a unit must
+    # not take them (it would share this server's cgroup root).
+    for name in ("NOTIFY_SOCKET", "ZINIT_CGROUP_ROOT", "ZINIT_PID1_PID", "ZINIT_PID1_STATUS_FD"):
+        env.pop(name, None)
     return env
 
 
@@ -3802,11 +3772,14 @@ def _credentials(config: UnitConfig, env: dict[str, str]) -> dict[str, Any]:
     return arguments
 
 
-def _spawn_service(config: UnitConfig, cgroups: _Cgroups, leaf: str | None) -> tuple[Any, int, int]:
+def _spawn_service(
+    config: UnitConfig, cgroups: _Cgroups, leaf: str | None
+) -> tuple[Any, int, int, str | None]:
     """Start a service's main process in its own session.
 
-    Returns (Popen, stdout read fd, stderr read fd).  Raises _SpawnError with
-    a reason that names what is missing (binary, directory, user).
+    Returns (Popen, stdout read fd, stderr read fd, the cgroup it runs in or
+    None).  Raises _SpawnError with a reason that names what is missing
+    (binary, directory, user).
     """
     import subprocess
 
@@ -3818,7 +3791,7 @@ def _spawn_service(config: UnitConfig, cgroups: _Cgroups, leaf: str | None) -> t
     out_read, out_write = os.pipe()
     err_read, err_write = os.pipe()
     try:
-        popen = cgroups.spawn_in(
+        popen, leaf = cgroups.spawn_in(
             leaf,
             lambda: subprocess.Popen(
                 argv,
@@ -3854,7 +3827,7 @@ def _spawn_service(config: UnitConfig, cgroups: _Cgroups, leaf: str | None) -> t
     finally:
         os.close(out_write)
         os.close(err_write)
-    return popen, out_read, err_read
+    return popen, out_read, err_read, leaf
 
 
 def _signal_tree(pgid: int | None, leaf: str | None, signum: int) -> None:
@@ -4371,7 +4344,9 @@ class Service:
         self._apply_pending_config()
         self._leaf = self.supervisor.cgroups.leaf(self.name)
         try:
-            popen, out_fd, err_fd = _spawn_service(self.config, self.supervisor.cgroups, self._leaf)
+            popen, out_fd, err_fd, self._leaf = _spawn_service(
+                self.config, self.supervisor.cgroups, self._leaf
+            )
         except _SpawnError as error:
             self.wanted = False
             self.pid = None

@@ -8,7 +8,6 @@ import os
 import pwd
 import shlex
 import signal
-import subprocess
 import textwrap
 
 import psutil
@@ -496,30 +495,32 @@ def _cgroup_of(pid: int) -> str:
         return next(line.strip()[3:] for line in stream if line.startswith("0::"))
 
 
-@pytest.mark.skipif(
+needs_cgroups = pytest.mark.skipif(
     zinit._own_cgroup_dir() is None, reason="needs a writable cgroup v2 mount (CI has one)"
 )
-def test_units_run_in_threaded_cgroups_under_the_daemon(daemon):
-    """The daemon lives in zinit-<pid>; each unit's tree in its own threaded cgroup below.
 
-    Restarts and stops keep that true, and the directories are gone after a clean exit.
-    """
+
+def _cgroup_mount() -> str:
+    return os.path.normpath(zinit._own_cgroup_dir()).removesuffix(
+        _cgroup_of(os.getpid()).rstrip("/")
+    )
+
+
+@needs_cgroups
+def test_units_run_in_their_own_cgroups_under_the_daemon(daemon):
+    """Each unit's tree lives in <daemon's cgroup>/zinit-<pid>/<unit>, across a restart;
+    the daemon itself is outside it between spawns, and the tree goes at a clean exit."""
     daemon.service(
         "tree", "sh -c 'sleep 1000 & exec sleep 1000'", lifecycle="restart_delay_ms = 0\n"
     )
     daemon.start()
     first = daemon.wait_state("tree", "Running")["pid"]
-    root = _cgroup_of(daemon.proc.pid)
-    assert root.endswith(f"/zinit-{daemon.proc.pid}"), root
-    mount = os.path.normpath(zinit._own_cgroup_dir()).removesuffix(
-        _cgroup_of(os.getpid()).rstrip("/")
-    )
-    leaf = f"{root}/tree"
-    with open(f"{mount}{leaf}/cgroup.type") as stream:
-        assert stream.read().strip() == "threaded"
-    wait_until(lambda: len(zinit._Cgroups.pids(mount + leaf)) == 2, what="sh's child in the leaf")
-    for pid in zinit._Cgroups.pids(mount + leaf):
-        assert _cgroup_of(pid) == leaf
+    mount = _cgroup_mount()
+    root = os.path.join(zinit._own_cgroup_dir(), f"zinit-{daemon.proc.pid}")
+    leaf = os.path.join(root, "tree")
+    wait_until(lambda: len(zinit._Cgroups.pids(leaf)) == 2, what="sh's child in the leaf")
+    for pid in zinit._Cgroups.pids(leaf):
+        assert os.path.normpath(mount + _cgroup_of(pid)) == os.path.normpath(leaf)
     os.kill(first, signal.SIGKILL)
     second = wait_until(
         lambda: (
@@ -529,49 +530,39 @@ def test_units_run_in_threaded_cgroups_under_the_daemon(daemon):
         ),
         what="a restart",
     )
-    assert _cgroup_of(second) == leaf
-    assert _cgroup_of(daemon.proc.pid) == root, "the daemon stays in its root between spawns"
+    assert os.path.normpath(mount + _cgroup_of(second)) == os.path.normpath(leaf)
+    assert os.path.normpath(mount + _cgroup_of(daemon.proc.pid)) != os.path.normpath(leaf)
     assert daemon.stop() == 0
-    assert not os.path.exists(mount + root)
+    assert not os.path.exists(root)
 
 
-@pytest.mark.skipif(
-    zinit._own_cgroup_dir() is None, reason="needs a writable cgroup v2 mount (CI has one)"
-)
-def test_units_get_whole_process_cgroups_where_threaded_ones_are_refused(daemon, python):
-    """A cgroup root with a populated domain child cannot hold threaded cgroups: the daemon
-    falls back to moving itself whole, and each unit's tree still gets its own cgroup."""
-    mount = os.path.normpath(zinit._own_cgroup_dir()).removesuffix(
-        _cgroup_of(os.getpid()).rstrip("/")
+@needs_cgroups
+def test_a_unit_may_make_cgroups_of_its_own(daemon):
+    """A nested supervisor or container engine makes cgroups below its unit's: they work,
+    what runs there is stopped with the unit, and they are removed with it."""
+    mount = _cgroup_mount()
+    script = (
+        f'cg="{mount}$(sed -n "s/^0:://p" /proc/self/cgroup)"; '
+        'mkdir "$cg/inner"; echo $$ > "$cg/inner/cgroup.procs"; '
+        "setsid sleep 1000 & exec sleep 1000"
     )
-    root = os.path.join(zinit._own_cgroup_dir(), f"zinit-fallback-{os.getpid()}")
-    os.makedirs(os.path.join(root, "blocker"))
-    blocker = subprocess.Popen(["sleep", "1000"])
+    daemon.service("nest", f"sh -c {shlex.quote(script)}", lifecycle=FAST_STOP)
+    daemon.start()
+    daemon.wait_state("nest", "Running")
+    root = os.path.join(zinit._own_cgroup_dir(), f"zinit-{daemon.proc.pid}")
+    inner = os.path.join(root, "nest", "inner")
+    pids = wait_until(
+        lambda: len(zinit._Cgroups.pids(inner)) == 2 and zinit._Cgroups.pids(inner),
+        what="both processes in the cgroup the unit made",
+    )
+    assert zinit._Cgroups.pids(os.path.join(root, "nest")) == pids
+    with open(os.path.join(inner, "cgroup.type")) as stream:
+        assert stream.read().strip() == "domain"
+    for pid in pids:
+        assert os.path.normpath(mount + _cgroup_of(pid)) == os.path.normpath(inner)
     try:
-        with open(os.path.join(root, "blocker", "cgroup.procs"), "w") as stream:
-            stream.write(str(blocker.pid))
-        daemon.service("tree", "sh -c 'sleep 1000 & exec sleep 1000'", lifecycle=FAST_STOP)
-        daemon.start(env={"ZINIT_CGROUP_ROOT": root})
-        pid = daemon.wait_state("tree", "Running")["pid"]
-        leaf = os.path.join(root, "tree")
-        with open(os.path.join(leaf, "cgroup.type")) as stream:
-            assert stream.read().strip() == "domain"
-        pids = wait_until(
-            lambda: len(zinit._Cgroups.pids(leaf)) == 2 and zinit._Cgroups.pids(leaf),
-            what="sh and its child in the leaf",
-        )
-        assert pid in pids
-        for member in pids:
-            assert mount + _cgroup_of(member) == leaf
-        wait_until(lambda: "threaded cgroups refused" in daemon.log(), what="the fallback logged")
-        daemon_cgroup = os.path.normpath(mount + _cgroup_of(daemon.proc.pid))
-        assert daemon_cgroup == os.path.normpath(root), "the daemon is back home between spawns"
-        assert daemon.cli("stop", "tree").returncode == 0
-        wait_until(lambda: not alive(pids), timeout=15, what="the unit's tree gone")
+        assert daemon.cli("stop", "nest").returncode == 0
+        wait_until(lambda: not alive(pids), timeout=15, what="the nested processes gone")
+        wait_until(lambda: not os.path.exists(inner), what="the nested cgroup removed")
     finally:
-        blocker.kill()
-        blocker.wait()
-        daemon.stop()
-        for directory in (os.path.join(root, "blocker"), os.path.join(root, "tree"), root):
-            if os.path.isdir(directory):
-                os.rmdir(directory)
+        kill_pids(alive(pids))
