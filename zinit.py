@@ -3445,6 +3445,7 @@ class _BackgroundWriter:
         self._waiting = False
         self._schedule: Callable[[Callable[[], None]], Any] | None = None
         self._schedule_thread = 0
+        self._thread_id = threading.get_ident
         self._kick_pending = False
         self._ready = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="zinit-writer", daemon=True)
@@ -3457,14 +3458,10 @@ class _BackgroundWriter:
         burst (500 units starting log 1,500 lines) then costs a few wake-ups,
         and each costs a thread switch.  Only used from the calling thread.
         """
-        import threading
-
-        self._schedule, self._schedule_thread = schedule, threading.get_ident()
+        self._schedule, self._schedule_thread = schedule, self._thread_id()
 
     def write_lines(self, lines: list[str]) -> None:
         """Queue newline-terminated lines; never blocks for long."""
-        import threading
-
         with self._ready:
             self._pending.extend(lines)
             excess = len(self._pending) - self._limit
@@ -3474,7 +3471,7 @@ class _BackgroundWriter:
             # A thread that is awake takes everything pending before it waits again.
             if not self._waiting or self._kick_pending:
                 return
-            if self._schedule is None or threading.get_ident() != self._schedule_thread:
+            if self._schedule is None or self._thread_id() != self._schedule_thread:
                 self._ready.notify()
                 return
             self._kick_pending = True
