@@ -3444,8 +3444,6 @@ class _BackgroundWriter:
         self._closed = False
         self._waiting = False
         self._schedule: Callable[[Callable[[], None]], Any] | None = None
-        self._schedule_thread = 0
-        self._thread_id = threading.get_ident
         self._kick_pending = False
         self._ready = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="zinit-writer", daemon=True)
@@ -3454,11 +3452,11 @@ class _BackgroundWriter:
     def coalesce(self, schedule: Callable[[Callable[[], None]], Any]) -> None:
         """Wake the thread once per turn of the event loop, not once per line.
 
-        ``schedule`` runs a callback at the end of the loop's current turn; a
-        burst (500 units starting log 1,500 lines) then costs a few wake-ups,
-        and each costs a thread switch.  Only used from the calling thread.
+        ``schedule`` runs a callback at the end of the loop's current turn, from
+        any thread; a burst (500 units starting log 1,500 lines) then costs a
+        few wake-ups, and each costs a thread switch.
         """
-        self._schedule, self._schedule_thread = schedule, self._thread_id()
+        self._schedule = schedule
 
     def write_lines(self, lines: list[str]) -> None:
         """Queue newline-terminated lines; never blocks for long."""
@@ -3471,7 +3469,7 @@ class _BackgroundWriter:
             # A thread that is awake takes everything pending before it waits again.
             if not self._waiting or self._kick_pending:
                 return
-            if self._schedule is None or self._thread_id() != self._schedule_thread:
+            if self._schedule is None:
                 self._ready.notify()
                 return
             self._kick_pending = True
@@ -3688,11 +3686,7 @@ class _Cgroups:
         except OSError:
             pass
         pids = _Cgroups.pids(leaf)  # a process forked after this is found by the next look
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        _kill_pids(pids, signal.SIGKILL)
         return bool(pids)
 
     def remove(self, leaf: str | None) -> None:
@@ -4652,7 +4646,7 @@ class Supervisor:
         #: Writes service lines to stdout as "name | line" (--forward-logs, containers).
         self.forwarder = _BackgroundWriter(sys.stdout) if forward_logs else None
         if self.forwarder is not None:
-            self.forwarder.coalesce(runtime.loop.run_callback)
+            self.forwarder.coalesce(runtime.loop.run_callback_threadsafe)
         self.cgroups = _Cgroups()
         self.units: dict[str, Service] = {}
         self.configs: dict[str, UnitConfig] = {}
@@ -6285,7 +6279,7 @@ def _serve(args: argparse.Namespace, writer: _BackgroundWriter) -> int:
             file=sys.stderr,
         )
         return 1
-    writer.coalesce(runtime.loop.run_callback)
+    writer.coalesce(runtime.loop.run_callback_threadsafe)
     import gevent
 
     config_dir = args.config_dir or default_config_dir()

@@ -38,6 +38,18 @@ def summary(values: list[float], unit: str = "ms", scale: float = 1000.0) -> str
     return f"{statistics.median(values):.2f} {unit} ({values[0]:.2f}-{values[-1]:.2f})"
 
 
+def connect_when_up(socket: str, limit_s: float = 30.0) -> zinit.ZinitClient:
+    """A client of the daemon at ``socket``, once it listens (it may still be starting)."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        try:
+            return zinit.ZinitClient.connect_unix(socket)
+        except zinit.DaemonUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.002)
+
+
 class Daemon:
     def __init__(self, units: dict[str, str]) -> None:
         self.dir = tempfile.mkdtemp(prefix="zinit-bench.")
@@ -69,14 +81,7 @@ class Daemon:
         return started
 
     def client(self) -> zinit.ZinitClient:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                return zinit.ZinitClient.connect_unix(self.socket)
-            except zinit.DaemonUnavailable:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.002)
+        return connect_when_up(self.socket)
 
     def wait_all_running(self, count: int) -> None:
         with self.client() as client:

@@ -36,6 +36,8 @@ import psutil
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from core import connect_when_up  # bench/core.py, next to this file
+
 import zinit
 
 #: As in bench/core.py: the daemon and the CLI import zinit from the repository
@@ -233,14 +235,7 @@ class Zinit(Peer):
         return [python, self.pyz, "--socket", self.socket, "status", name]
 
     def client(self) -> zinit.ZinitClient:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                return zinit.ZinitClient.connect_unix(self.socket)
-            except zinit.DaemonUnavailable:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.002)
+        return connect_when_up(self.socket)
 
 
 class Supervisord(Peer):
