@@ -3591,6 +3591,33 @@ def _own_cgroup_dir() -> str | None:
     return None
 
 
+def _slow_cgroup_mount(directory: str) -> str | None:
+    """The mount point of ``directory``'s cgroup2 when it lacks favordynmods the kernel offers.
+
+    Without it, moving a process into a cgroup after a quiet spell waits for an
+    RCU grace period (7-10 ms): every unit start and restart pays it.
+    """
+    try:
+        with open("/sys/kernel/cgroup/features") as stream:
+            if "favordynmods" not in stream.read().split():
+                return None
+        with open("/proc/self/mountinfo") as stream:
+            mounts = [line.split() for line in stream]
+    except OSError:
+        return None
+    best: list[str] | None = None
+    for fields in mounts:
+        separator = fields.index("-")
+        point = fields[4]
+        if fields[separator + 1] != "cgroup2" or not (directory + "/").startswith(point + "/"):
+            continue
+        if best is None or len(point) > len(best[4]):
+            best = fields
+    if best is None or "favordynmods" in best[-1].split(","):
+        return None
+    return best[4]
+
+
 def _write_cgroup_file(directory: str, name: str, text: str) -> None:
     fd = os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CLOEXEC)
     try:
@@ -3606,10 +3633,11 @@ class _Cgroups:
     Python's slow fork path), the daemon moves itself into the leaf, spawns,
     and moves back; nothing yields in between.  A move costs tens of
     microseconds, except the first after a quiet spell: the kernel's global
-    threadgroup lock then waits for an RCU grace period (9 ms here), which a
-    restart pays.  Threaded leaves, where only the spawning thread moves, would
-    spare it, but nothing could then make cgroups below a unit: no nested
-    supervisor, no container engine.  So leaves are ordinary cgroups.
+    threadgroup lock then waits for an RCU grace period (7-10 ms here), which a
+    restart pays unless the hierarchy is mounted with favordynmods.  Threaded
+    leaves, where only the spawning thread moves, would spare it too, but
+    nothing could then make cgroups below a unit: no nested supervisor, no
+    container engine.  So leaves are ordinary cgroups.
     """
 
     def __init__(self) -> None:
@@ -3626,6 +3654,15 @@ class _Cgroups:
             _log().info("no per-service cgroups (%s); using process groups", error.strerror)
             return
         self.root = root
+        slow_mount = _slow_cgroup_mount(own)
+        if slow_mount is not None:
+            _log().info(
+                "cgroup2 at %s is mounted without favordynmods: a unit started after a quiet"
+                " spell waits about 10 ms for the kernel's threadgroup lock;"
+                " `mount -o remount,favordynmods %s` lifts the wait (README: Restart latency)",
+                slow_mount,
+                slow_mount,
+            )
 
     def leaf(self, name: str) -> str | None:
         if self.root is None:

@@ -50,6 +50,17 @@ def connect_when_up(socket: str, limit_s: float = 30.0) -> zinit.ZinitClient:
             time.sleep(0.002)
 
 
+def cgroup_note() -> str:
+    """Which cgroup mode the figures were taken in: restarts and activations depend on it."""
+    own = zinit._own_cgroup_dir()
+    if own is None:
+        return "cgroups: none writable (units tracked by process group)"
+    slow = zinit._slow_cgroup_mount(own)
+    if slow is not None:
+        return f"cgroups: {slow} without favordynmods (a start after a quiet spell waits ~10 ms)"
+    return "cgroups: favordynmods on, or not offered by this kernel"
+
+
 class Daemon:
     def __init__(self, units: dict[str, str]) -> None:
         self.dir = tempfile.mkdtemp(prefix="zinit-bench.")
@@ -200,6 +211,7 @@ def main() -> None:
     runs = 1 if args.quick else 5
     sizes = (5,) if args.quick else (100, 500)
     print(f"interpreter: {sys.executable} (Python {sys.version.split()[0]})")
+    print(cgroup_note())
     for count in sizes:
         times, memory = cold_start(count, runs)
         rss = statistics.median(m[0] for m in memory) / 2**20

@@ -36,7 +36,7 @@ import psutil
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from core import connect_when_up  # bench/core.py, next to this file
+from core import cgroup_note, connect_when_up  # bench/core.py, next to this file
 
 import zinit
 
@@ -748,6 +748,7 @@ def main() -> int:
     names = [kind.name for kind in kinds]
     print(f"interpreter: {sys.executable} (Python {sys.version.split()[0]}); peers: {names}")
     print(f"zinit: {'installed in ' + Zinit.venv if Zinit.venv else 'imported from this tree'}")
+    print(cgroup_note())
     for note in notes:
         print(f"note: {note}")
     started = time.monotonic()

@@ -30,6 +30,8 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from core import cgroup_note  # bench/core.py, next to this file
+
 import zinit
 
 ZINIT_PY = str(ROOT / "zinit.py")
@@ -328,6 +330,7 @@ def main() -> int:
         f"interpreter: {sys.executable}; {runs} run(s); {size >> 20} MiB per throughput run; "
         f"{pings} ping-pongs; {seconds:g} s of connects"
     )
+    print(cgroup_note())
     print(
         f"{'mode':8} {'throughput GB/s':>22} {'x direct':>8} {'round trip us':>22} "
         f"{'x direct':>8} {'connections/s':>22} {'x direct':>8}  half-close"

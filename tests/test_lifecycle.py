@@ -537,6 +537,25 @@ def test_units_run_in_their_own_cgroups_under_the_daemon(daemon):
 
 
 @needs_cgroups
+def test_the_log_says_when_the_cgroup_mount_makes_starts_wait(daemon):
+    """Without favordynmods (when the kernel offers it) a unit entering its cgroup after a
+    quiet spell waits an RCU grace period; the daemon says so once, with the fix."""
+    mount = _cgroup_mount().rstrip("/") or "/"
+    with open("/proc/mounts") as stream:
+        options = next(f[3] for f in map(str.split, stream) if f[1] == mount and f[2] == "cgroup2")
+    with open("/sys/kernel/cgroup/features") as stream:
+        offered = "favordynmods" in stream.read().split()
+    daemon.service("one", "sleep 1000")
+    daemon.start()
+    daemon.wait_state("one", "Running")
+    hint = f"mount -o remount,favordynmods {mount}"
+    if offered and "favordynmods" not in options.split(","):
+        assert daemon.log().count(hint) == 1, daemon.log()
+    else:
+        assert hint not in daemon.log()
+
+
+@needs_cgroups
 def test_a_unit_may_make_cgroups_of_its_own(daemon):
     """A nested supervisor or container engine makes cgroups below its unit's: they work,
     what runs there is stopped with the unit, and they are removed with it."""
