@@ -6298,6 +6298,8 @@ def _server_parser() -> argparse.ArgumentParser:
 def server_main(argv: list[str] | None = None) -> int:
     """Run the daemon until it is shut down; return its exit status."""
     args = _server_parser().parse_args(argv)
+    _raise_fd_limit()
+    _reserve_fd_table(_config_directories(args))
     writer = _configure_logging(os.environ.get("ZINIT_LOG_LEVEL", DEFAULT_LOG_LEVEL))
     try:
         return _serve(args, writer)
@@ -6320,10 +6322,7 @@ def _serve(args: argparse.Namespace, writer: _BackgroundWriter) -> int:
     import gevent
 
     config_dir = args.config_dir or default_config_dir()
-    directories: list[tuple[str, str | None]] = []
-    if args.pid1_mode:
-        directories.append((args.system_dir, "system"))
-    directories.append((config_dir, None))
+    directories = _config_directories(args)
     container = bool(os.environ.get("ZINIT_CONTAINER"))
     supervisor = Supervisor(
         runtime, directories, write_dir=config_dir, forward_logs=args.forward_logs or container
@@ -6336,7 +6335,6 @@ def _serve(args: argparse.Namespace, writer: _BackgroundWriter) -> int:
         print(f"zinit-server: {error}", file=sys.stderr)
         supervisor.cgroups.close()
         return 1
-    _raise_fd_limit()
 
     causes: list[str] = []
 
@@ -6391,6 +6389,48 @@ def _report_to_pid1(code: int) -> None:
             os.write(int(fd), f"exit {code}\n".encode())
         except OSError:
             pass
+
+
+def _config_directories(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """The directories units load from, with the class each forces (or None)."""
+    directories: list[tuple[str, str | None]] = []
+    if args.pid1_mode:
+        directories.append((args.system_dir, "system"))
+    directories.append((args.config_dir or default_config_dir(), None))
+    return directories
+
+
+def _reserve_fd_table(directories: list[tuple[str, str | None]]) -> None:
+    """Size the fd table for the units about to start, while the daemon has one thread.
+
+    Linux doubles the table as fds are opened; once threads share it, each
+    doubling waits for an RCU grace period (7-10 ms here), five of them on the
+    way to a 500-unit start.  A unit holds two pipes' read ends.
+    """
+    import resource
+
+    units = 0
+    for directory, _ in directories:
+        try:
+            units += sum(1 for entry in os.scandir(directory) if entry.name.endswith(".toml"))
+        except OSError:
+            continue
+    slots = min(4 * units + 64, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    if slots <= 256:
+        return
+    try:
+        os.fstat(slots - 1)
+        return  # open already (inherited): the table is that large
+    except OSError:
+        pass
+    placeholder = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.dup2(placeholder, slots - 1, inheritable=False)
+        os.close(slots - 1)
+    except OSError:
+        pass  # a smaller table only costs time
+    finally:
+        os.close(placeholder)
 
 
 def _raise_fd_limit() -> None:

@@ -555,6 +555,17 @@ def test_the_log_says_when_the_cgroup_mount_makes_starts_wait(daemon):
         assert hint not in daemon.log()
 
 
+def test_the_fd_table_is_sized_for_the_units_before_they_start(daemon):
+    """Growing the fd table once threads exist waits an RCU grace period per doubling:
+    the daemon sizes it for its units (four slots each) before it starts any thread."""
+    for index in range(120):
+        daemon.service(f"u{index}", "sleep 1000", service='status = "stop"\n')
+    daemon.start()
+    with open(f"/proc/{daemon.proc.pid}/status") as stream:
+        size = next(int(line.split()[1]) for line in stream if line.startswith("FDSize:"))
+    assert size >= 4 * 120 + 64, size  # 256 slots do for 120 stopped units otherwise
+
+
 @needs_cgroups
 def test_a_unit_may_make_cgroups_of_its_own(daemon):
     """A nested supervisor or container engine makes cgroups below its unit's: they work,
