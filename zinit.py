@@ -3595,7 +3595,7 @@ def _slow_cgroup_mount(directory: str) -> str | None:
     """The mount point of ``directory``'s cgroup2 when it lacks favordynmods the kernel offers.
 
     Without it, moving a process into a cgroup after a quiet spell waits for an
-    RCU grace period (7-10 ms): every unit start and restart pays it.
+    RCU grace period (7-10 ms): a crash restart or an xinet activation pays it.
     """
     try:
         with open("/sys/kernel/cgroup/features") as stream:
@@ -3609,7 +3609,8 @@ def _slow_cgroup_mount(directory: str) -> str | None:
     for fields in mounts:
         separator = fields.index("-")
         point = fields[4]
-        if fields[separator + 1] != "cgroup2" or not (directory + "/").startswith(point + "/"):
+        inside = (directory.rstrip("/") + "/").startswith(point.rstrip("/") + "/")
+        if fields[separator + 1] != "cgroup2" or not inside:
             continue
         if best is None or len(point) > len(best[4]):
             best = fields
@@ -6412,7 +6413,8 @@ def _reserve_fd_table(directories: list[tuple[str, str | None]]) -> None:
     units = 0
     for directory, _ in directories:
         try:
-            units += sum(1 for entry in os.scandir(directory) if entry.name.endswith(".toml"))
+            with os.scandir(directory) as entries:
+                units += sum(1 for entry in entries if entry.name.endswith(".toml"))
         except OSError:
             continue
     slots = min(4 * units + 64, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
