@@ -3571,21 +3571,33 @@ class _SpawnError(Exception):
     """The service could not be started; the text says why, for ``zinit why``."""
 
 
-def _own_cgroup_dir() -> str | None:
-    """Return this process's directory in a writable cgroup v2 mount, if any."""
+def _cgroup2_mounts() -> list[tuple[str, str, list[str]]]:
+    """(mount point, root inside the hierarchy, super options) of each cgroup2 mount."""
     try:
         with open("/proc/self/mountinfo") as stream:
             mounts = [line.split() for line in stream]
+    except OSError:
+        return []
+    found = []
+    for fields in mounts:
+        separator = fields.index("-")
+        if fields[separator + 1] == "cgroup2":
+            found.append((fields[4], fields[3], fields[-1].split(",")))
+    return found
+
+
+def _own_cgroup_dir() -> str | None:
+    """Return this process's directory in a writable cgroup v2 mount, if any."""
+    try:
         with open("/proc/self/cgroup") as stream:
             own = next((line.strip()[3:] for line in stream if line.startswith("0::")), None)
     except OSError:
         return None
     if own is None:
         return None
-    for fields in mounts:
-        separator = fields.index("-")
-        if fields[separator + 1] == "cgroup2" and fields[3] == "/":
-            directory = os.path.join(fields[4], own.lstrip("/"))
+    for point, root, _ in _cgroup2_mounts():
+        if root == "/":
+            directory = os.path.join(point, own.lstrip("/"))
             if os.access(os.path.join(directory, "cgroup.procs"), os.W_OK):
                 return directory
     return None
@@ -3601,22 +3613,17 @@ def _slow_cgroup_mount(directory: str) -> str | None:
         with open("/sys/kernel/cgroup/features") as stream:
             if "favordynmods" not in stream.read().split():
                 return None
-        with open("/proc/self/mountinfo") as stream:
-            mounts = [line.split() for line in stream]
     except OSError:
         return None
-    best: list[str] | None = None
-    for fields in mounts:
-        separator = fields.index("-")
-        point = fields[4]
-        inside = (directory.rstrip("/") + "/").startswith(point.rstrip("/") + "/")
-        if fields[separator + 1] != "cgroup2" or not inside:
-            continue
-        if best is None or len(point) > len(best[4]):
-            best = fields
-    if best is None or "favordynmods" in best[-1].split(","):
+    inside = [
+        (point, options)
+        for point, _, options in _cgroup2_mounts()
+        if (directory.rstrip("/") + "/").startswith(point.rstrip("/") + "/")
+    ]
+    if not inside:
         return None
-    return best[4]
+    point, options = max(inside, key=lambda mount: len(mount[0]))  # the innermost mount
+    return None if "favordynmods" in options else point
 
 
 def _write_cgroup_file(directory: str, name: str, text: str) -> None:
