@@ -6378,7 +6378,8 @@ def _serve(args: argparse.Namespace, writer: _BackgroundWriter) -> int:
     supervisor.before_shutdown.append(xinet.close_all)
     for directory, _ in directories:
         if not os.path.isdir(directory):
-            _log().warning("config directory %s does not exist: no units from it", directory)
+            problem = "is not a directory" if os.path.exists(directory) else "does not exist"
+            _log().warning("config directory %s %s: no units from it", directory, problem)
     supervisor.load()
     xinet.apply(supervisor.proxy_configs, set())
     supervisor.boot()

@@ -184,3 +184,22 @@ def test_issue_6_usage_counts_the_whole_process_tree(daemon):
     wait_until(lambda: len(psutil.Process(pid).children()) == 2, what="both sleeps")
     [unit] = [u for u in daemon.call("list", with_usage=True) if u["name"] == "tree"]
     assert unit["rss_bytes"] > psutil.Process(pid).memory_info().rss
+
+
+def test_a_config_dir_that_is_missing_or_a_file_is_named_and_the_daemon_serves(daemon, tmp_path):
+    """A wrong --config-dir gets a warning that says what is wrong with it; nothing else breaks."""
+    not_a_directory = tmp_path / "units.toml"
+    not_a_directory.write_text("")
+    daemon.start("--config-dir", str(not_a_directory))
+    assert isinstance(daemon.call("list"), list)
+    wait_until(
+        lambda: f"config directory {not_a_directory} is not a directory" in daemon.log(),
+        what="the warning",
+    )
+    assert daemon.stop() == 0
+    daemon.start("--config-dir", str(tmp_path / "nowhere"))
+    assert daemon.call("list") == []
+    wait_until(
+        lambda: f"config directory {tmp_path / 'nowhere'} does not exist" in daemon.log(),
+        what="the warning",
+    )
