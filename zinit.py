@@ -6307,15 +6307,20 @@ def server_main(argv: list[str] | None = None) -> int:
     """Run the daemon until it is shut down; return its exit status."""
     args = _server_parser().parse_args(argv)
     _raise_fd_limit()
-    _reserve_fd_table(_config_directories(args))
+    directories = _config_directories(args)
+    _reserve_fd_table(directories)
     writer = _configure_logging(os.environ.get("ZINIT_LOG_LEVEL", DEFAULT_LOG_LEVEL))
     try:
-        return _serve(args, writer)
+        return _serve(args, directories, writer)
     finally:
         writer.close()
 
 
-def _serve(args: argparse.Namespace, writer: _BackgroundWriter) -> int:
+def _serve(
+    args: argparse.Namespace,
+    directories: list[tuple[str, str | None]],
+    writer: _BackgroundWriter,
+) -> int:
     """The daemon's life after argument parsing: load, listen, boot, wait, stop."""
     try:
         runtime = _Runtime()
@@ -6329,8 +6334,7 @@ def _serve(args: argparse.Namespace, writer: _BackgroundWriter) -> int:
     writer.coalesce(runtime.loop.run_callback_threadsafe)
     import gevent
 
-    config_dir = args.config_dir or default_config_dir()
-    directories = _config_directories(args)
+    config_dir, _ = directories[-1]  # the user directory: where RPC-made units are written
     container = bool(os.environ.get("ZINIT_CONTAINER"))
     supervisor = Supervisor(
         runtime, directories, write_dir=config_dir, forward_logs=args.forward_logs or container
