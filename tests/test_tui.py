@@ -102,15 +102,16 @@ class Terminal:
     def wait(self, predicate: Callable[[str], object], what: str, timeout: float = 20) -> str:
         """Return the screen once ``predicate(screen)`` holds."""
 
-        def matching_screen() -> str | None:
-            screen = self.screen()
-            return screen if predicate(screen) else None
+        last = [""]
 
-        return wait_until(
-            matching_screen,
-            timeout=timeout,
-            what=f"{what}; screen:\n{self.screen()}",
-        )
+        def matching_screen() -> str | None:
+            last[0] = self.screen()
+            return last[0] if predicate(last[0]) else None
+
+        try:
+            return wait_until(matching_screen, timeout=timeout, what=what)
+        except AssertionError as error:
+            raise AssertionError(f"{error}; last screen:\n{last[0]}") from None
 
     def wait_text(self, text: str, timeout: float = 20) -> str:
         return self.wait(lambda screen: text in screen, f"{text!r} on the screen", timeout)
@@ -142,11 +143,13 @@ def table(screen: str) -> dict[str, list[str]]:
     rows: dict[str, list[str]] = {}
     if start is None:
         return rows
+    columns = len(lines[start].split())
     for line in lines[start + 1 :]:
         if not line.strip() or line.startswith(("──", "--", "no unit")):
             break
         cells = line.split()
-        rows[cells[0]] = cells
+        if len(cells) >= columns:  # a row caught while it is being drawn is left out
+            rows[cells[0]] = cells
     return rows
 
 
@@ -385,8 +388,9 @@ def test_start_stop_signal_reload_tree_help_and_sort_keys(tui, running):
 
     terminal.keys("o")
     terminal.wait_text("sort: state")
-    names = list(table(terminal.screen()))
-    states = [table(terminal.screen())[n][2] for n in names]
+    units = len(running.call("list"))
+    screen = terminal.wait_table(lambda rows: len(rows) == units, "every unit, sorted")
+    states = [row[2] for row in table(screen).values()]
     assert states == sorted(states, key=zinit._TUI_STATE_ORDER.index)
 
 
