@@ -6508,12 +6508,19 @@ def _pid1_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _own_command() -> list[str]:
+    """The command line that runs this zinit again: its .pyz, or this file."""
+    archive = getattr(__loader__, "archive", None)  # imported from inside a .pyz
+    # Resolved, so that a link named zinit-pid1 does not pick the program.
+    return [sys.executable, os.path.realpath(archive or __file__)]
+
+
 class _Pid1:
     """The shim's state: the server child, the action asked for, the exit code."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.container = args.container or bool(os.environ.get("ZINIT_CONTAINER"))
-        self.server_argv = [sys.executable, os.path.abspath(__file__), "server"]
+        self.server_argv = [*_own_command(), "server"]
         if args.config_dir:
             self.server_argv += ["--config-dir", args.config_dir]
         if args.socket:
@@ -6700,20 +6707,29 @@ def _pid1_loop(shim: _Pid1) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of every program name; returns the exit status."""
-    args = sys.argv[1:] if argv is None else list(argv)
-    program = os.path.basename(sys.argv[0] if argv is None else "zinit")
-    program = program.removesuffix(".pyz").removesuffix(".py")
-    if program == "zinit-server":
+    program, args = _program(sys.argv if argv is None else ["zinit", *argv])
+    if program == "server":
         return server_main(args)
-    if program == "zinit-pid1":
+    if program == "pid1":
         return pid1_main(args)
-    if args and args[0] == "server":
-        return server_main(args[1:])
-    if args and args[0] == "pid1":
-        return pid1_main(args[1:])
-    if args and args[0] == "install":
-        return _install(args[1:])
+    if program == "install":
+        return _install(args)
     return cli_main(args)
+
+
+def _program(argv: list[str]) -> tuple[str, list[str]]:
+    """Which program a command line asks for (cli, server, pid1 or install), and its arguments.
+
+    The .pyz entry asks this too: only the server needs gevent and psutil
+    unpacked, so everything else runs straight from the archive.
+    """
+    name = os.path.basename(argv[0]).removesuffix(".pyz").removesuffix(".py")
+    args = argv[1:]
+    if name in ("zinit-server", "zinit-pid1"):
+        return name.removeprefix("zinit-"), args
+    if args and args[0] in ("server", "pid1", "install"):
+        return args[0], args[1:]
+    return "cli", args
 
 
 def _install(args: list[str]) -> int:

@@ -10,6 +10,7 @@ import hashlib
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 
 import pytest
@@ -67,6 +68,8 @@ def test_issue_4_pyz_runs_cli_server_and_links_alone(lone_pyz, tmp_path):
     help_text = _run(PYTHON, str(lone_pyz), "--help")
     assert help_text.returncode == 0, help_text.stderr
     assert "usage: zinit" in help_text.stdout
+    cache = pathlib.Path(os.environ["SHIV_ROOT"])
+    assert not cache.exists(), "the CLI unpacked the archive; only the server needs to"
 
     services = tmp_path / "services"
     services.mkdir()
@@ -81,6 +84,7 @@ def test_issue_4_pyz_runs_cli_server_and_links_alone(lone_pyz, tmp_path):
         )
     try:
         wait_until(lambda: _state(sock, "napper") == "Running", timeout=60, what="napper")
+        assert cache.is_dir()  # the server unpacked gevent and psutil
         listing = _run(PYTHON, str(lone_pyz), "--socket", sock, "--json", "list")
         assert listing.returncode == 0, listing.stderr
         assert '"napper"' in listing.stdout
@@ -111,3 +115,45 @@ def _state(sock: str, name: str) -> str | None:
             return client.status(name)["state"]
     except (zinit.ZinitError, OSError):
         return None
+
+
+def test_pyz_cli_imports_a_compiled_zinit_from_the_archive(builds):
+    """The archive holds a compiled zinit that zipimport accepts (no compile at each call)."""
+    probe = (
+        "import sys; sys.path.insert(0, sys.argv[1] + '/site-packages'); import zinit; "
+        "print(zinit.__loader__.archive, zinit.main.__code__.co_filename)"
+    )
+    result = _run(PYTHON, "-c", probe, str(builds[0]))
+    assert result.returncode == 0, result.stderr
+    # Compiled at build time, the code names its place in the archive; compiled
+    # from source by zipimport, it would name the full path of the .pyz.
+    assert result.stdout.split() == [str(builds[0]), "site-packages/zinit.py"]
+
+
+def test_pyz_pid1_runs_from_the_archive_and_starts_the_server_through_it(lone_pyz, tmp_path):
+    """zinit-pid1 from the .pyz runs without unpacking and starts '<pyz> server' as its child."""
+    services = tmp_path / "services"
+    services.mkdir()
+    (services / "napper.toml").write_text('[service]\nexec = "sleep 1000"\n')
+    sock = str(tmp_path / "zinit.sock")
+    log = tmp_path / "pid1.log"
+    command = [PYTHON, str(lone_pyz), "pid1", "--container", "--config-dir", str(services)]
+    with open(log, "wb") as stream:
+        shim = subprocess.Popen([*command, "--socket", sock], stdout=stream, stderr=stream)
+    try:
+        wait_until(lambda: _state(sock, "napper") == "Running", timeout=60, what="napper")
+        with open(f"/proc/{shim.pid}/task/{shim.pid}/children") as stream:
+            (server,) = stream.read().split()
+        with open(f"/proc/{server}/cmdline", "rb") as stream:
+            argv = stream.read().decode().split("\0")
+        assert argv[1:3] == [str(lone_pyz), "server"], argv
+        shim.send_signal(signal.SIGTERM)
+        assert shim.wait(60) == 0, log.read_text()
+    finally:
+        if shim.poll() is None:  # SIGTERM first: it takes the server and napper down with it
+            shim.terminate()
+            try:
+                shim.wait(60)
+            except subprocess.TimeoutExpired:
+                shim.kill()
+                shim.wait(30)
