@@ -1017,18 +1017,28 @@ def reverse_edges(units: dict[str, UnitConfig]) -> dict[str, set[str]]:
 
 def requiring_closure(names: list[str], units: dict[str, UnitConfig]) -> set[str]:
     """Return the given units plus every unit that requires them, transitively."""
+    return set(requiring_paths(names, units))
+
+
+def requiring_paths(names: list[str], units: dict[str, UnitConfig]) -> dict[str, str]:
+    """Map the given units and every unit that requires them to the unit it was reached from.
+
+    A given name maps to itself; a dependent maps to the unit it requires on
+    its shortest path to a given name, so following the map spells out why.
+    """
     required_by: dict[str, list[str]] = collections.defaultdict(list)
     for name, config in units.items():
         for target in config.requires:
             required_by[target].append(name)
-    seen = set(names)
+    via = {name: name for name in names}
     queue = collections.deque(names)
     while queue:
-        for dependent in required_by.get(queue.popleft(), ()):
-            if dependent not in seen:
-                seen.add(dependent)
+        member = queue.popleft()
+        for dependent in required_by.get(member, ()):
+            if dependent not in via:
+                via[dependent] = member
                 queue.append(dependent)
-    return seen
+    return via
 
 
 def pulled_in(names: list[str], units: dict[str, UnitConfig]) -> list[str]:
@@ -4141,6 +4151,7 @@ class Service:
         self._stop_purpose: str | None = None
         self._stop_waiters: list[Any] = []
         self._start_after_stop = False
+        self._starts_pending = 0  # _Start messages posted and not yet handled
         self._pending_config: UnitConfig | None = None
         self._probe_generation = 0
         self._probe: Any = None
@@ -4159,6 +4170,7 @@ class Service:
 
         handled = gevent.event.Event()
         self.wanted = True
+        self._starts_pending += 1
         self.post(_Start(reason, by_hand, handled))
         return handled
 
@@ -4178,21 +4190,35 @@ class Service:
         _signal_tree(self.pid, self._leaf, signum)
 
     def is_up(self) -> bool:
-        """Running, or a oneshot that has finished with success."""
+        """Running, or a oneshot that has finished with success (and is not about to run again)."""
         if self.state == State.RUNNING:
             return True
-        return self.config.oneshot and self.state == State.EXITED and self.succeeded
+        done = self.config.oneshot and self.state == State.EXITED and self.succeeded
+        return done and not self._is_about_to_start()
 
     def is_settled(self) -> bool:
         """Its start has ended one way or another (for units that want it)."""
-        if self.state in (State.RUNNING, State.EXITED, State.FAILED) or not self.wanted:
+        if not self.wanted:
+            return True
+        if self._is_about_to_start():
+            return False
+        if self.state in (State.RUNNING, State.EXITED, State.FAILED):
             return True
         return self.is_hopeless()
 
     def is_starting(self) -> bool:
         """Being started and not stuck (for units ordered after it)."""
         starting = self.state in (State.BLOCKED, State.STARTING, State.INACTIVE)
+        starting = starting or self._is_about_to_start()
         return self.wanted and starting and not self.is_hopeless()
+
+    def _is_about_to_start(self) -> bool:
+        # A start asked of a unit at rest (or stopping) that its greenlet has
+        # not acted on yet: units started in the same batch must see it as
+        # starting, not as the Exited or Failed it still shows.
+        if self._start_after_stop:
+            return True
+        return bool(self._starts_pending) and self.state in AT_REST
 
     def is_hopeless(self) -> bool:
         """Blocked by something that will not resolve itself (failed, undefined, cycle)."""
@@ -4323,6 +4349,10 @@ class Service:
                 try:
                     self._on_start(message)
                 finally:
+                    self._starts_pending -= 1
+                    if not self._starts_pending and self.state in AT_REST:
+                        # Seen as starting until now, it stays at rest after all.
+                        self.supervisor.notify_dependents(self)
                     message.handled.set()
             case _Stop():
                 self._on_stop(message)
@@ -4792,6 +4822,10 @@ class Supervisor:
 
     def on_transition(self, unit: Service, event: dict[str, Any]) -> None:
         self._broadcast(self._event_queues, {"method": "event", "params": event})
+        self.notify_dependents(unit)
+
+    def notify_dependents(self, unit: Service) -> None:
+        """Let the units that depend on ``unit`` look at their gate again."""
         for dependent in self.dependents.get(unit.name, ()):
             other = self.units.get(dependent)
             if other is not None and other is not unit:
@@ -5072,18 +5106,27 @@ class Supervisor:
             self.unit(name)
             if self.configs[name].status == "ignore":
                 raise UnitStateError(f"{name!r} has status=ignore: zinit never starts it")
+        named = set(names)
         closure = pulled_in_from(names, self.configs)
+        losers = self._conflict_losers(closure, named)
         rivals = {
             rival
             for member in closure
+            if member not in losers
             for rival in self.conflicts.get(member, ())
             if rival in self.units and rival not in closure and self.units[rival].is_active()
         }
+        rivals |= {loser for loser in losers if self.units[loser].is_active()}
         if rivals:
             self.stop_units(rivals, f"stopped: conflicts with {', '.join(map(repr, names))}")
-        named = set(names)
+        for loser, winner in losers.items():
+            self.units[loser].post(
+                _Note(f"not started: conflicts with {winner!r}, which is starting with it")
+            )
         handled = []
         for member in closure:
+            if member in losers:
+                continue
             if member not in named and self.units[member].is_up():
                 continue  # a finished oneshot stays done when something pulls it in again
             why = reason if member in named else f"pulled in by {closure[member]!r}"
@@ -5092,6 +5135,21 @@ class Supervisor:
                 handled.append(event)
         for event in handled:
             event.wait()
+
+    def _conflict_losers(self, closure: dict[str, str], named: set[str]) -> dict[str, str]:
+        """Units of one start that conflict with another of it, each with the one it yields to.
+
+        Named units go before the units they pull in, then first by name (as
+        at boot); a unit that yields takes no further part.
+        """
+        losers: dict[str, str] = {}
+        for member in sorted(closure, key=lambda m: (m not in named, m)):
+            if member in losers:
+                continue
+            for rival in self.conflicts.get(member, ()):
+                if rival in closure and rival not in losers:
+                    losers[rival] = member
+        return losers
 
     def stop_units(self, names: set[str] | list[str], reason: str) -> None:
         """Stop units, and first every unit that requires them (transitively).
@@ -5103,10 +5161,9 @@ class Supervisor:
         import gevent.event
 
         names = set(names)
+        reached_via = requiring_paths(sorted(names), self.configs)
         targets = {
-            n
-            for n in requiring_closure(sorted(names), self.configs)
-            if n in self.units and (n in names or self.units[n].is_active())
+            n for n in reached_via if n in self.units and (n in names or self.units[n].is_active())
         }
         waits = stop_waits(targets, self.configs)
         done = {name: gevent.event.Event() for name in targets}
@@ -5117,10 +5174,11 @@ class Supervisor:
                     done[dependent].wait()
                 why = reason
                 if name not in names:
-                    config = self.configs.get(name)
-                    requires = config.requires if config else ()
-                    cause = next((d for d in requires if d in targets), None)
-                    why = f"stopped because it requires {cause!r}, which is stopping ({reason})"
+                    chain = [reached_via[name]]
+                    while chain[-1] not in names:
+                        chain.append(reached_via[chain[-1]])
+                    via = ", which requires ".join(map(repr, chain))
+                    why = f"stopped because it requires {via}, which is stopping ({reason})"
                 unit = self.units.get(name)  # it may have been removed meanwhile
                 if unit is not None:
                     unit.request_stop(why).wait()
@@ -5141,8 +5199,8 @@ class Supervisor:
         dependents = [
             d
             for d in sorted(requiring_closure([name], self.configs) - {name})
-            if d in self.units and self.units[d].is_active()
-        ]
+            if d in self.units and (self.units[d].is_active() or self.units[d].is_up())
+        ]  # a finished oneshot that requires it runs again
         self.stop_units({name}, "restarting")
         self.start(name, reason="restarted by request", by_hand=True)
         if dependents:
@@ -5209,9 +5267,17 @@ class Supervisor:
             else:
                 self.unit(name)
                 path = self.configs[name].path
+                orphaned = sorted(
+                    d
+                    for d in requiring_closure([name], self.configs) - {name}
+                    if self.units[d].is_active()
+                )
                 self.stop_units({name}, "removed")
                 self._forget(name)
                 self._rebuild_graph()
+                if orphaned and not self.shutting_down:
+                    # They stay wanted: Blocked until the unit is added again.
+                    self.start_many(orphaned, reason=f"{name!r} was removed")
                 self._notify_all()
             try:
                 os.unlink(path)
@@ -5248,6 +5314,13 @@ class Supervisor:
             dependents = sorted(
                 d
                 for d in requiring_closure(restarting, old) - set(restarting)
+                if d in self.units and (self.units[d].is_active() or self.units[d].is_up())
+            )
+            # Units that need a removed one stop with it, but stay wanted: Blocked
+            # until it comes back (SPEC 5, "requires an undefined unit").
+            orphaned = sorted(
+                d
+                for d in requiring_closure(removed, old) - set(removed)
                 if d in self.units and self.units[d].is_active()
             )
             if removed:
@@ -5266,7 +5339,7 @@ class Supervisor:
             for name, unit in self.units.items():
                 unit.config_error = errors.get(name)
             self._rebuild_graph()
-            to_start = restarting + [d for d in dependents if d in self.units]
+            to_start = restarting + [d for d in dependents + orphaned if d in self.units]
             to_start += [n for n in added if new[n].status == "start"]
             to_start += [
                 n

@@ -181,6 +181,40 @@ def test_restart_restarts_the_units_that_require_it(daemon):
     assert after["other"] == before["other"]
 
 
+def test_restart_runs_again_a_finished_oneshot_that_requires_it(daemon, tmp_path):
+    """A migration oneshot re-runs when its database restarts, before the app that needs it."""
+    runs = tmp_path / "runs"
+    daemon.service("db", "sleep 1000", lifecycle=QUICK)
+    daemon.service(
+        "mig",
+        f"sh -c 'echo run >> {runs}'",
+        service="oneshot = true\n",
+        dependencies='requires = ["db"]\n',
+    )
+    daemon.service("app", "sleep 1000", lifecycle=QUICK, dependencies='requires = ["mig"]\n')
+    daemon.start()
+    app_pid = daemon.wait_state("app", "Running")["pid"]
+    assert daemon.status("mig")["state"] == "Exited"
+    assert daemon.cli("stop", "db").returncode == 0
+    app = daemon.wait_state("app", "Exited")
+    # The stop reached app through the finished oneshot: the reason says how.
+    assert app["reason"].startswith(
+        "stopped because it requires 'mig', which requires 'db', which is stopping "
+        "(stopped by request)"
+    )
+    assert not pid_alive(app_pid)
+    assert daemon.cli("start", "app").returncode == 0
+    daemon.wait_state("app", "Running")
+    assert runs.read_text() == "run\n"  # pulled in while done: not run again
+    assert daemon.cli("restart", "db").returncode == 0
+    wait_until(lambda: runs.read_text() == "run\nrun\n", what="mig's second run")
+    daemon.wait_state("app", "Running")
+    events = transitions(daemon)
+    second_run = [i for i, e in enumerate(events) if e[0] == "mig" and e[2] == "Exited"][1]
+    last_app_start = max(i for i, e in enumerate(events) if e[0] == "app" and e[2] == "Running")
+    assert second_run < last_app_start
+
+
 # -- after -------------------------------------------------------------------
 
 
@@ -254,6 +288,32 @@ def test_a_wanted_unit_failing_does_not_block(daemon):
     assert first(events, "b", "Failed") < first(events, "a", "Running")
 
 
+def test_after_orders_a_restart_cascade(daemon):
+    """Units restarted together with what they require still wait for their 'after' units."""
+    daemon.service("base", "sleep 1000", lifecycle=QUICK)
+    daemon.service(
+        "slow", "sleep 1", service="oneshot = true\n", dependencies='requires = ["base"]\n'
+    )
+    daemon.service(
+        "late",
+        "sleep 1000",
+        lifecycle=QUICK,
+        dependencies='requires = ["base"]\nafter = ["slow"]\n',
+    )
+    daemon.start()
+    daemon.wait_state("late", "Running")
+    assert daemon.cli("restart", "base").returncode == 0
+    wait_until(
+        lambda: sum(1 for e in transitions(daemon) if e[0] == "late" and e[2] == "Running") == 2,
+        what="late running again",
+    )
+    events = transitions(daemon)
+    done = [i for i, e in enumerate(events) if e[0] == "slow" and e[2] == "Exited"]
+    started = [i for i, e in enumerate(events) if e[0] == "late" and e[2] == "Running"]
+    assert len(done) == 2, events  # slow requires base: it ran again
+    assert done[1] < started[1], events
+
+
 # -- conflicts ---------------------------------------------------------------
 
 
@@ -301,6 +361,35 @@ def test_conflicts_at_boot_the_first_by_name_starts(daemon):
     assert "beta is Inactive: not started at boot: conflicts with 'alpha'" in why.stdout
 
 
+def test_conflicts_inside_one_start_all(daemon):
+    """start-all names both rivals: the first by name runs, the other is not started."""
+    daemon.service("ca", "sleep 1000", lifecycle=QUICK, dependencies='conflicts = ["cb"]\n')
+    daemon.service("cb", "sleep 1000", lifecycle=QUICK, service='status = "stop"\n')
+    daemon.start()
+    daemon.wait_state("ca", "Running")
+    for _ in range(2):
+        assert daemon.cli("stop-all").returncode == 0
+        daemon.wait_state("ca", "Exited")
+        assert daemon.cli("start-all").returncode == 0
+        daemon.wait_state("ca", "Running")
+        cb = reason_of(daemon, "cb", "conflicts with 'ca'")
+        assert cb["state"] in ("Inactive", "Exited") and cb["pid"] is None
+
+
+def test_conflicts_with_a_unit_pulled_in_at_boot(daemon):
+    """A boot unit pulls in a rival of another boot unit: the named one wins, never both."""
+    daemon.service("a", "sleep 1000", lifecycle=QUICK, dependencies='conflicts = ["b"]\n')
+    daemon.service("b", "sleep 1000", lifecycle=QUICK, service='status = "stop"\n')
+    daemon.service("c", "sleep 1000", lifecycle=QUICK, dependencies='requires = ["b"]\n')
+    daemon.start()
+    daemon.wait_state("a", "Running")
+    b = reason_of(daemon, "b", "not started: conflicts with 'a', which is starting with it")
+    assert b["state"] == "Inactive" and b["pid"] is None
+    c = reason_of(daemon, "c", "requires 'b'")
+    assert c["state"] == "Blocked"
+    assert daemon.status("a")["state"] == "Running"
+
+
 # -- undefined units ---------------------------------------------------------
 
 
@@ -324,6 +413,32 @@ def test_undefined_requirement_blocks_until_reload(daemon):
     daemon.service("db", "sleep 1000", lifecycle=QUICK)
     result = daemon.cli("reload")
     assert result.returncode == 0, result.stderr
+    daemon.wait_state("db", "Running")
+    daemon.wait_state("web", "Running")
+
+
+def test_removed_requirement_blocks_its_dependents_until_it_returns(daemon):
+    """remove-service or a reload that drops db stops web, which waits Blocked for db's return."""
+    db_text = '[service]\nexec = "sleep 1000"\n[lifecycle]\nstop_timeout_ms = 2000\n'
+    daemon.write("db", db_text)
+    daemon.service("web", "sleep 1000", lifecycle=QUICK, dependencies='requires = ["db"]\n')
+    daemon.start()
+    web_pid = daemon.wait_state("web", "Running")["pid"]
+
+    assert daemon.cli("remove-service", "db").returncode == 0
+    web = reason_of(daemon, "web", "requires 'db', which is not defined")
+    assert web["state"] == "Blocked" and not pid_alive(web_pid)
+    assert (
+        daemon.cli("add-service", '[service]\nname = "db"\nexec = "sleep 1000"\n').returncode == 0
+    )
+    web_pid = daemon.wait_state("web", "Running")["pid"]
+
+    (daemon.config_dir / "db.toml").unlink()
+    assert daemon.cli("reload").returncode == 0
+    web = reason_of(daemon, "web", "requires 'db', which is not defined")
+    assert web["state"] == "Blocked" and not pid_alive(web_pid)
+    daemon.write("db", db_text)
+    assert daemon.cli("reload").returncode == 0
     daemon.wait_state("db", "Running")
     daemon.wait_state("web", "Running")
 
