@@ -4568,13 +4568,21 @@ class Service:
             return
         code = message.code
         pgid = self.pid
+        # A stop signalled the whole tree already: the leftovers get no second
+        # signal (to many programs a second SIGTERM means "quit now"), only
+        # the SIGKILL when the stop's time is up.
+        kill_at = self._deadline if self._stop_purpose is not None else None
         self.exit_code = code
         self.health = None  # health describes a running process only
         self._stop_probes()
         self._set_deadline(None, lambda: None)
-        self._sweep(pgid)
         self.process = None
         self.pid = None
+        leftovers = _leftovers(self.name, pgid, self._leaf)
+        if leftovers and kill_at is None and self.state in (State.STARTING, State.RUNNING):
+            # Not Running any more while what it left behind is being stopped.
+            self._set_state(State.STOPPING, f"{describe_exit(code)}; stopping what it left behind")
+        self._sweep(pgid, leftovers, kill_at)
         purpose, self._stop_purpose = self._stop_purpose, None
         since = self.started_at if self.config.oneshot else self.running_since
         uptime = self.clock() - since if since is not None else 0.0
@@ -4598,19 +4606,21 @@ class Service:
             description = "oneshot finished successfully"
         self._after_exit(description, failed=failed, uptime=uptime)
 
-    def _sweep(self, pgid: int) -> None:
+    def _sweep(self, pgid: int, leftovers: list[int], kill_at: float | None) -> None:
         """Stop what is left of the service's tree after its main process ended.
 
         Blocks until nothing is left, waking on each reaped child (orphans
-        come back to the subreaper), SIGKILLing after ``stop_timeout_ms``.
+        come back to the subreaper), SIGKILLing after ``stop_timeout_ms``, or
+        at ``kill_at`` when a stop has sent the stop signal already.
         """
-        leftovers = _leftovers(self.name, pgid, self._leaf)
         if not leftovers:
             self.supervisor.cgroups.remove(self._leaf)
             return
         _log().info("%s: stopping %d leftover process(es)", self.name, len(leftovers))
-        _kill_pids(leftovers, self.config.stop_signal)
-        deadline = self.clock() + self.config.stop_timeout_ms / 1000
+        if kill_at is None:
+            _kill_pids(leftovers, self.config.stop_signal)
+            kill_at = self.clock() + self.config.stop_timeout_ms / 1000
+        deadline = kill_at
         for signum in (None, signal.SIGKILL):
             if signum is not None:
                 _kill_pids(leftovers, signum)

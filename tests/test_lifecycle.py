@@ -393,6 +393,37 @@ def test_issue_2_stop_signal_is_sent_once(daemon):
     assert unit["exit_code"] == 0, unit
 
 
+def test_stop_signals_a_leftover_child_once_then_kills_it(daemon, tmp_path):
+    """The stop signal reaches the whole tree once; what outlives the main process gets
+    SIGKILL when the stop timeout runs out, not a second stop signal."""
+    marks = tmp_path / "terms"
+    child = f"(trap 'echo term >> {marks}' TERM; while :; do sleep 0.05; done) & echo ready; wait"
+    daemon.service("tree", f"sh -c {shlex.quote(child)}", lifecycle=FAST_STOP)
+    daemon.start()
+    daemon.wait_log("tree", "ready")
+    result = daemon.cli("stop", "tree")
+    assert result.returncode == 0, result.stderr
+    daemon.wait_state("tree", "Exited")
+    assert marks.read_text() == "term\n"
+
+
+def test_a_crash_with_leftovers_is_stopping_not_running_while_they_are_ended(daemon):
+    """After the main process exits, the unit shows Stopping (no pid) while its leftovers
+    are ended, then the exit's outcome."""
+    script = "(trap '' TERM; exec sleep 1000) & sleep 0.2; exit 3"
+    daemon.service(
+        "crasher",
+        f"sh -c {shlex.quote(script)}",
+        lifecycle='restart = "never"\nstop_timeout_ms = 8000\n',
+    )
+    daemon.start()
+    stopping = daemon.wait_state("crasher", "Stopping")
+    assert stopping["reason"] == "exited with code 3; stopping what it left behind"
+    assert stopping["pid"] is None
+    failed = daemon.wait_state("crasher", "Failed", timeout=30)
+    assert failed["reason"] == "exited with code 3"
+
+
 def test_issue_2_kill_sends_the_signal_once(daemon):
     """`zinit kill NAME SIGNAL` delivers the signal once to each process of the unit."""
     daemon.service("counter", py(COUNTING_CHILD) + " stay", lifecycle=FAST_STOP)
