@@ -129,12 +129,16 @@ def _is_root() -> bool:
     return os.geteuid() == 0
 
 
+#: The service directory of root, and of container mode whoever runs it (SPEC 10).
+DEFAULT_SERVICES_DIR = "/etc/zinit/services"
+
+
 def default_config_dir() -> str:
     """Return the service directory: env override, else the platform default."""
     if os.environ.get("ZINIT_CONFIG_DIR"):
         return os.environ["ZINIT_CONFIG_DIR"]
     if sys.platform.startswith("linux") and _is_root():
-        return "/etc/zinit/services"
+        return DEFAULT_SERVICES_DIR
     return os.path.join(os.path.expanduser("~"), "hero", "cfg", "zinit")
 
 
@@ -1309,6 +1313,28 @@ def encode_frame(message: dict[str, Any] | list[Any]) -> bytes:
     return _encode_message(message).encode() + b"\n"
 
 
+def _request_frame(
+    request_id: int, method: str, params: dict[str, Any] | list[Any] | None
+) -> bytes:
+    """One request as a frame; raises UsageError if the daemon would refuse its size."""
+    request: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
+    if params is not None:
+        request["params"] = params
+    frame = encode_frame(request)
+    if len(frame) > MAX_FRAME_BYTES:
+        raise UsageError(
+            f"{method}: the request is {len(frame)} bytes, over the daemon's limit of "
+            f"{MAX_FRAME_BYTES} bytes per message"
+        )
+    return frame
+
+
+def _answers(message: dict[str, Any], request_id: int) -> bool:
+    """Whether a reply belongs to the request: its id, or an error the daemon could not tie
+    to any id (the client has one request in flight)."""
+    return message["id"] == request_id or (message["id"] is None and "error" in message)
+
+
 def openrpc_document() -> dict[str, Any]:
     """Describe every method in OpenRPC 1.2 form (what ``rpc.discover`` returns)."""
     return {
@@ -1545,11 +1571,9 @@ class ZinitClient(_Calls):
         else they are kept for ``notifications()``.
         """
         request_id = next(self._ids)
-        request: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
-        if params is not None:
-            request["params"] = params
+        frame = _request_frame(request_id, method, params)
         try:
-            self._sock.sendall(encode_frame(request))
+            self._sock.sendall(frame)
             while True:
                 message = self._read_message()
                 if "id" not in message:
@@ -1558,7 +1582,7 @@ class ZinitClient(_Calls):
                     else:
                         self._notifications.append(message)
                     continue
-                if message.get("id") != request_id:
+                if not _answers(message, request_id):
                     continue
                 if "error" in message:
                     raise _error_from_reply(message["error"])
@@ -1644,16 +1668,13 @@ class AsyncZinitClient(_Calls):
 
     async def call(self, method: str, params: dict[str, Any] | list[Any] | None = None) -> Any:
         request_id = next(self._ids)
-        request: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
-        if params is not None:
-            request["params"] = params
-        self._writer.write(encode_frame(request))
+        self._writer.write(_request_frame(request_id, method, params))
         await self._writer.drain()
         while True:
             message = await self._read_message()
             if "id" not in message:
                 self._notifications.append(message)
-            elif message.get("id") == request_id:
+            elif _answers(message, request_id):
                 if "error" in message:
                     raise _error_from_reply(message["error"])
                 return message.get("result")
@@ -4152,6 +4173,7 @@ class Service:
         self._stop_waiters: list[Any] = []
         self._start_after_stop = False
         self._starts_pending = 0  # _Start messages posted and not yet handled
+        self.spawn_error: str | None = None  # why the last start could not spawn
         self._pending_config: UnitConfig | None = None
         self._probe_generation = 0
         self._probe: Any = None
@@ -4380,6 +4402,7 @@ class Service:
     # -- starting ----------------------------------------------------------
 
     def _on_start(self, message: _Start) -> None:
+        self.spawn_error = None
         if not self.wanted:  # a stop overtook this start
             return
         if self.state in (State.STARTING, State.RUNNING):
@@ -4416,7 +4439,8 @@ class Service:
         except _SpawnError as error:
             self.wanted = False
             self.pid = None
-            self._set_state(State.FAILED, f"spawn failed: {error}")
+            self.spawn_error = f"spawn failed: {error}"
+            self._set_state(State.FAILED, self.spawn_error)
             self.supervisor.on_failed_for_good(self)
             return
         self.process = popen
@@ -5069,6 +5093,8 @@ class Supervisor:
         for name, config in sorted(self.configs.items()):
             unit = self.units[name]
             up = unit.state == State.RUNNING if config.is_target else unit.is_up()
+            # SPEC 8: "Running or Exited with success", a service's clean exit included.
+            up = up or (unit.state == State.EXITED and unit.exit_code == 0)
             if config.status == "start" and not up:
                 problems.append({"name": name, "state": str(unit.state), "reason": unit.reason})
         for name, error in sorted(self.broken.items()):
@@ -5099,8 +5125,14 @@ class Supervisor:
     def start(
         self, name: str, *, reason: str = "started by request", by_hand: bool = False
     ) -> None:
-        """Start a unit and pull in what it requires or wants; stop its conflicts first."""
+        """Start a unit and pull in what it requires or wants; stop its conflicts first.
+
+        Raises UnitStateError when the unit could not even be spawned.
+        """
         self.start_many([name], reason=reason, by_hand=by_hand)
+        error = self.units[name].spawn_error if name in self.units else None
+        if error is not None:
+            raise UnitStateError(f"{name!r} did not start: {error}")
 
     def start_many(
         self, names: list[str], *, reason: str = "started by request", by_hand: bool = False
@@ -5212,9 +5244,11 @@ class Supervisor:
             if d in self.units and (self.units[d].is_active() or self.units[d].is_up())
         ]  # a finished oneshot that requires it runs again
         self.stop_units({name}, "restarting")
-        self.start(name, reason="restarted by request", by_hand=True)
-        if dependents:
-            self.start_many(dependents, reason=f"restarted with {name!r}")
+        try:
+            self.start(name, reason="restarted by request", by_hand=True)
+        finally:  # even if it cannot spawn: they wait for it, Blocked, and say why
+            if dependents:
+                self.start_many(dependents, reason=f"restarted with {name!r}")
 
     def start_all(self) -> list[str]:
         names = [
@@ -5266,7 +5300,7 @@ class Supervisor:
             self.units[name] = Service(config, self)
             self._rebuild_graph()
             if config.status == "start" and not self.shutting_down:
-                self.start(name, reason="added")
+                self.start_many([name], reason="added")  # added even if it cannot spawn
             self._notify_all()
         return {"name": name, "path": path}
 
@@ -5994,10 +6028,10 @@ class _RpcServer:
                     continue
                 if not line.strip():
                     continue
-                reply, follow = self._handle_frame(line, connection)
+                reply, follows = self._handle_frame(line, connection)
                 if reply is not None:
                     connection.send(reply)
-                if follow is not None:
+                for follow in follows:  # streams start after the reply that opens them
                     connection.streams.append(self.supervisor.runtime.gevent.spawn(follow))
         except OSError:
             pass
@@ -6009,27 +6043,34 @@ class _RpcServer:
 
     # -- dispatch ----------------------------------------------------------
 
-    def _handle_frame(self, line: bytes, connection: _Connection) -> tuple[Any, Any]:
+    def _handle_frame(self, line: bytes, connection: _Connection) -> tuple[Any, list[Any]]:
+        """Answer one frame: its reply (None for notifications) and the streams it opened."""
         try:
             request = json.loads(line)
         except (ValueError, UnicodeDecodeError) as error:
-            return _error_reply(None, PARSE_ERROR, f"parse error: {error}"), None
+            return _error_reply(None, PARSE_ERROR, f"parse error: {error}"), []
         except RecursionError:
-            return _error_reply(None, PARSE_ERROR, "parse error: nested too deeply"), None
+            return _error_reply(None, PARSE_ERROR, "parse error: nested too deeply"), []
         if isinstance(request, list):
             if not request:
-                return _error_reply(None, INVALID_REQUEST, "empty batch"), None
-            replies = [self._handle_request(item, connection)[0] for item in request]
-            return [reply for reply in replies if reply is not None] or None, None
-        return self._handle_request(request, connection)
+                return _error_reply(None, INVALID_REQUEST, "empty batch"), []
+            answers = [self._handle_request(item, connection) for item in request]
+            replies = [reply for reply, _ in answers if reply is not None]
+            return replies or None, [follow for _, follow in answers if follow is not None]
+        reply, follow = self._handle_request(request, connection)
+        return reply, [follow] if follow is not None else []
 
     def _handle_request(self, request: Any, connection: _Connection) -> tuple[Any, Any]:
         if not isinstance(request, dict):
             return _error_reply(None, INVALID_REQUEST, "a request must be a JSON object"), None
         request_id = request.get("id")
         if not isinstance(request_id, str | int | type(None)) or isinstance(request_id, bool):
+            kinds = {float: "a number with a fraction part", dict: "an object", list: "an array"}
+            why = kinds.get(type(request_id), type(request_id).__name__)
             return _error_reply(
-                None, INVALID_REQUEST, "id must be a string, a number or null"
+                None,
+                INVALID_REQUEST,
+                f"id must be a string, an integer or null, got {request_id!r} ({why})",
             ), None
         if request.get("jsonrpc") != "2.0" or not isinstance(request.get("method"), str):
             return _error_reply(
@@ -6606,6 +6647,9 @@ class _Pid1:
         self.server_argv = [*_own_command(), "server"]
         if args.config_dir:
             self.server_argv += ["--config-dir", args.config_dir]
+        elif self.container and not os.environ.get("ZINIT_CONFIG_DIR"):
+            # An image's services live there even under a Docker USER.
+            self.server_argv += ["--config-dir", DEFAULT_SERVICES_DIR]
         if args.socket:
             self.server_argv += ["--socket", args.socket]
         if not self.container:

@@ -267,6 +267,11 @@ def test_start_all_stop_all_delete_all(running):
 def test_check(running):
     """check exits 0 when every status=start unit is up, 1 when one is Failed."""
     ok(running.cli("check"))
+    # A long-running service that ended with success counts, as SPEC 8 says.
+    running.service("done", "true", lifecycle='restart = "on-failure"\n')
+    ok(running.cli("reload"))
+    assert running.wait_state("done", "Exited")["exit_code"] == 0
+    ok(running.cli("check"))
     running.service("broken", "sh -c 'exit 3'", service="oneshot = true\n")
     ok(running.cli("reload"))
     running.wait_state("broken", "Failed")

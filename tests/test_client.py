@@ -336,6 +336,41 @@ def test_other_errors_are_zinit_errors(running):
         assert client.ping()["pong"] is True
 
 
+def test_a_request_over_the_frame_limit_is_refused_at_once(running, tmp_path):
+    """A request the daemon would refuse for its size is a UsageError, not a hang; the CLI
+    says so and exits 2; the connection stays usable."""
+    big = '[service]\nexec = "true"\n' + "# padding\n" * 120_000
+    with connect(running) as client:
+        with pytest.raises(zinit.UsageError) as caught:
+            client.add_service(big, "big")
+        assert "over the daemon's limit of 1048576 bytes" in str(caught.value)
+        assert client.ping()["pong"] is True
+
+    async def scenario() -> None:
+        client = await zinit.AsyncZinitClient.connect_unix(running.socket)
+        try:
+            with pytest.raises(zinit.UsageError):
+                await client.add_service(big, "big")
+        finally:
+            await client.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+    path = tmp_path / "big.toml"
+    path.write_text(big.replace('exec = "true"', 'name = "big"\nexec = "true"'))
+    result = running.cli("add-service", str(path), timeout=60)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "over the daemon's limit" in result.stderr
+
+
+def test_an_error_the_daemon_cannot_tie_to_an_id_reaches_the_caller(running):
+    """An oversized line gets an error with id null; a client waiting on that line raises."""
+    with connect(running) as client:
+        client._sock.sendall(b'{"jsonrpc":"2.0","id":1,"method":"ping","pad":"' + b"x" * (1 << 20))
+        with pytest.raises(zinit.RpcError) as caught:
+            client.call("ping")  # completes the oversized line, then waits for its reply
+        assert caught.value.code == -32600
+
+
 def test_daemon_unavailable(tmp_path):
     """No daemon at the socket: DaemonUnavailable, a ZinitError naming the path."""
     path = str(tmp_path / "nothing.sock")

@@ -189,6 +189,12 @@ def test_missing_binary_fails_and_names_it(daemon):
     unit = daemon.wait_state("ghost", "Failed")
     assert "/nonexistent/zinit-no-such-binary" in unit["reason"], unit["reason"]
     assert unit["pid"] is None
+    # Started by hand, the spawn error is the command's answer (exit 1), not a silent 0.
+    for command in ("start", "restart"):
+        result = daemon.cli(command, "ghost")
+        assert result.returncode == 1, (command, result)
+        assert "'ghost' did not start: spawn failed:" in result.stderr, result.stderr
+        assert "/nonexistent/zinit-no-such-binary" in result.stderr
 
 
 def test_missing_dir_fails_and_names_it(daemon):

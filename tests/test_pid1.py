@@ -282,3 +282,14 @@ def test_issue_4_poweroff_command_reaches_the_shim(shim):
     assert result.returncode == 0, result.stderr
     assert instance.wait(60) == 0
     assert "would poweroff now" in instance.log()
+
+
+def test_container_mode_loads_the_image_directory_whoever_runs_it(monkeypatch):
+    """--container without --config-dir names /etc/zinit/services to the server, so that a
+    non-root USER (whose own default is under $HOME) loads it too; ZINIT_CONFIG_DIR wins."""
+    monkeypatch.delenv("ZINIT_CONFIG_DIR", raising=False)
+    shim = zinit._Pid1(zinit._pid1_parser().parse_args(["--container"]))
+    assert shim.server_argv[-2:] == ["--config-dir", "/etc/zinit/services"]
+    monkeypatch.setenv("ZINIT_CONFIG_DIR", "/srv/units")
+    shim = zinit._Pid1(zinit._pid1_parser().parse_args(["--container"]))
+    assert "--config-dir" not in shim.server_argv  # the server reads the variable itself

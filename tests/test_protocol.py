@@ -246,6 +246,26 @@ def test_batch_of_notifications_and_empty_batch(wire):
     wire.ping()
 
 
+def test_a_stream_opened_in_a_batch_delivers(wire, daemon):
+    """events.subscribe inside a batch is answered in the array, then its events flow."""
+    wire.send(json.dumps([{"jsonrpc": "2.0", "id": 1, "method": "events.subscribe"}]))
+    (reply,) = wire.read()
+    assert reply["id"] == 1 and "error" not in reply, reply
+    daemon.cli("stop", "sleeper")
+    event = wire.read()
+    assert event["method"] == "event" and event["params"]["unit"] == "sleeper", event
+
+
+@pytest.mark.parametrize(
+    ("raw_id", "why"),
+    [("1.5", "1.5 (a number with a fraction part)"), ('{"a": 1}', "{'a': 1} (an object)")],
+)
+def test_an_id_that_is_not_a_string_integer_or_null_is_refused_saying_why(wire, raw_id, why):
+    wire.send(f'{{"jsonrpc": "2.0", "id": {raw_id}, "method": "ping"}}')
+    error = assert_error(wire.read(), -32600)
+    assert error["message"] == f"id must be a string, an integer or null, got {why}"
+
+
 def client_rpc_methods() -> set[str]:
     """The RPC method behind each public method of ZinitClient."""
     not_rpc = {"connect_unix", "close", "call", "notifications"}
