@@ -3540,7 +3540,7 @@ class _BackgroundWriter:
 
 
 def _read_pipe(runtime: _Runtime, fd: int, ring: LogRing, stream: str) -> None:
-    """Feed a pipe's lines into ``ring`` until EOF, then close the fd.
+    """Feed a pipe's lines into ``ring`` until EOF (the fd is the caller's to close).
 
     Blocks (cooperatively) until every writer has closed the pipe.  Each
     chunk is read only after the hub has polled for readiness, so a service
@@ -3575,7 +3575,17 @@ def _read_pipe(runtime: _Runtime, fd: int, ring: LogRing, stream: str) -> None:
             ring.extend(stream, _split_lines(pending))
     finally:
         watcher.close()
-        os.close(fd)
+
+
+def _spawn_pipe_reader(runtime: _Runtime, fd: int, ring: LogRing, stream: str) -> Any:
+    """Start a greenlet reading ``fd`` into ``ring``; the fd is closed when it ends.
+
+    The close is a link, not a ``finally``: a greenlet killed before it first
+    runs never enters its body, and its fd would leak.
+    """
+    reader = runtime.gevent.spawn(_read_pipe, runtime, fd, ring, stream)
+    reader.link(lambda _: os.close(fd))
+    return reader
 
 
 def _split_lines(data: bytes) -> list[str]:
@@ -4452,10 +4462,9 @@ class Service:
         self._stop_purpose = None
         pid = popen.pid
         self.runtime.watch_child(popen, lambda code: self.post(_ChildExited(pid, code)))
-        spawn = self.runtime.gevent.spawn
         self._readers = [
-            spawn(_read_pipe, self.runtime, out_fd, self.log, "stdout"),
-            spawn(_read_pipe, self.runtime, err_fd, self.log, "stderr"),
+            _spawn_pipe_reader(self.runtime, out_fd, self.log, "stdout"),
+            _spawn_pipe_reader(self.runtime, err_fd, self.log, "stderr"),
         ]
         timeout = self.config.effective_start_timeout_s()
         if self.config.oneshot:

@@ -203,3 +203,49 @@ def test_a_config_dir_that_is_missing_or_a_file_is_named_and_the_daemon_serves(d
         lambda: f"config directory {tmp_path / 'nowhere'} does not exist" in daemon.log(),
         what="the warning",
     )
+
+
+LEAK_PROBE = """
+import os, sys
+import gevent.event
+sys.path.insert(0, sys.argv[2])
+import zinit
+
+runtime = zinit._Runtime()
+supervisor = zinit.Supervisor(runtime, [(sys.argv[1], None)], write_dir=sys.argv[1])
+supervisor.load()
+gevent.sleep(0.1)
+before = len(os.listdir("/proc/self/fd"))
+for _ in range(20):
+    # A start and a removal queued together: the unit spawns, then quits before
+    # its pipe readers have run once.
+    unit = zinit.Service(supervisor.configs["x"], supervisor)
+    supervisor.units["x"] = unit
+    unit.request_start("test")
+    done = gevent.event.Event()
+    unit.post(zinit._Quit(done))
+    done.wait()
+gevent.sleep(0.5)
+print(before, len(os.listdir("/proc/self/fd")))
+"""
+
+
+def test_pipe_fds_are_closed_when_a_unit_quits_before_its_readers_run(tmp_path):
+    """remove-service racing a start: the output pipes of the spawn are closed, not leaked.
+
+    The race cannot be timed through the socket, so a script drives a
+    Supervisor directly, in its own process (it reaps its own children).
+    """
+    config = tmp_path / "services"
+    config.mkdir()
+    (config / "x.toml").write_text('[service]\nexec = "sleep 1000"\n')
+    result = subprocess.run(
+        [PYTHON, "-c", LEAK_PROBE, str(config), str(ZINIT_PY.rsplit("/", 1)[0])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    before, after = map(int, result.stdout.split())
+    assert after == before, f"{after - before} fds leaked over 20 start-then-quit rounds"
