@@ -2244,6 +2244,8 @@ def _cmd_xinet_delete(args: argparse.Namespace, out: _Output) -> int:
         result = client.xinet_delete(args.name)
     if out.as_json:
         out.json(result)
+    elif result.get("path"):
+        print(f"deleted {result['path']}")
     return 0
 
 
@@ -5751,10 +5753,15 @@ class XinetProxy:
                     f"{self.config.connect_timeout_s:g}s ({last}; {name} is {unit.state})"
                 )
                 return None
-            try:
-                return _connect_socket(*self._backend, remaining)
-            except (OSError, gevent.Timeout) as error:
-                last = getattr(error, "strerror", None) or str(error) or type(error).__name__
+            if unit.state == State.STOPPING:
+                # The old instance may still accept while it drains; this client
+                # is for the one that starts after it.
+                last = f"{name} was still stopping"
+            else:
+                try:
+                    return _connect_socket(*self._backend, remaining)
+                except (OSError, gevent.Timeout) as error:
+                    last = getattr(error, "strerror", None) or str(error) or type(error).__name__
             if unit.state == State.FAILED and not unit.wanted and unit._restart_at is None:
                 self._fail(f"{name} failed ({unit.reason}); closing the client")
                 return None
@@ -5892,9 +5899,22 @@ class _Xinet:
         )
         return proxy
 
-    def delete(self, name: str) -> None:
+    def delete(self, name: str) -> str | None:
+        """Close a proxy; one declared in a file loses its file too (as remove-service does).
+
+        Returns the path of the deleted file, if any.
+        """
         self.get(name)
-        self.proxies.pop(name).close()
+        proxy = self.proxies.pop(name)
+        proxy.close()
+        if proxy.source != "config" or not proxy.config.path:
+            return None
+        self.supervisor.proxy_configs.pop(name, None)
+        try:
+            os.unlink(proxy.config.path)
+        except FileNotFoundError:
+            pass
+        return proxy.config.path
 
     def apply(self, configs: dict[str, XinetConfig], broken: set[str]) -> dict[str, Any]:
         """Bring the proxies declared in files in line with ``configs``.
@@ -6230,8 +6250,7 @@ class _RpcServer:
         return self.xinet.set(config, "rpc").status()
 
     def rpc_xinet_delete(self, connection: _Connection, name: str) -> Any:
-        self.xinet.delete(name)
-        return {"ok": True}
+        return {"ok": True, "path": self.xinet.delete(name)}
 
     def rpc_xinet_list(self, connection: _Connection) -> Any:
         return [proxy.status() for _, proxy in sorted(self.xinet.proxies.items())]

@@ -275,6 +275,47 @@ def test_idle_timeout_stops_and_a_client_reactivates(daemon):
     assert settle(daemon)["total"] == 2
 
 
+DRAINING_BACKEND = r"""
+import os, signal, socket, sys, threading, time
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+host, port = sys.argv[1].rsplit(":", 1)
+server.bind((host, int(port)))
+server.listen(64)
+stopping = []
+# Like many servers, it keeps answering for a while after SIGTERM.
+signal.signal(signal.SIGTERM, lambda *_: stopping.append(time.monotonic()))
+
+def serve():
+    while True:
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(f"{os.getpid()} {'stopping' if stopping else 'up'}".encode())
+
+threading.Thread(target=serve, daemon=True).start()
+while not stopping or time.monotonic() - stopping[0] < 3:
+    time.sleep(0.05)
+"""
+
+
+def test_a_client_during_an_idle_stop_reaches_the_next_instance(daemon):
+    """A client that arrives while the idle stop drains the backend waits for the new one."""
+    listen, back = tcp(), tcp()
+    command = shlex.join([PYTHON, "-c", DRAINING_BACKEND, back])
+    daemon.service(
+        "drainer", command, service=STOPPED, lifecycle='restart = "never"\nstop_timeout_ms = 8000\n'
+    )
+    daemon.start()
+    proxy(daemon, listen, back, "drainer", connect_timeout=30, idle_timeout=1)
+    first_pid, state = round_trip(listen, b"").decode().split()
+    assert state == "up"
+    daemon.wait_state("drainer", "Stopping")
+    pid, state = round_trip(listen, b"").decode().split()
+    assert (pid, state) != (first_pid, "stopping"), "served by the instance being stopped"
+    assert state == "up" and pid != first_pid
+    assert daemon.wait_state("drainer", "Running")["pid"] == int(pid)
+
+
 def test_single_connection_refuses_a_second_client(daemon):
     """With single_connection a second concurrent client is closed at once; the first works."""
     listen, back = tcp(), tcp()
@@ -537,6 +578,16 @@ def test_proxy_from_a_config_file_restart_and_reload(daemon, tmp_path):
     assert daemon.call("xinet_list") == []
     with pytest.raises(ConnectionRefusedError):
         connect(listen, timeout=10).close()
+
+    # `xinet delete` of a proxy from a file deletes the file, as remove-service does,
+    # so that the next reload does not bring it back.
+    path.write_text(f'[xinet]\nlisten = "{listen}"\nbackend = "{back_echo}"\nservice = "echo"\n')
+    assert daemon.call("reload")["xinet"]["added"] == ["px"]
+    result = daemon.cli("xinet", "delete", "px")
+    assert result.returncode == 0 and result.stdout == f"deleted {path}\n", result
+    assert not path.exists()
+    assert daemon.call("reload")["xinet"]["added"] == []
+    assert daemon.call("xinet_list") == []
     assert not os.path.exists(unix_listen[len("unix:") :])
 
 
