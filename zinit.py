@@ -1091,15 +1091,14 @@ def dependency_tree(units: dict[str, UnitConfig], root: str | None = None) -> li
     """Return the requires/wants/after forest as nested dicts.
 
     With ``root``, the tree under that unit; otherwise one tree per unit that
-    nothing depends on.  Units seen twice on one path are marked, not walked.
+    nothing depends on, then one per unit still not shown (the members of a
+    cycle that nothing outside it points at).  Units seen twice on one path
+    are marked, not walked.
     """
-    if root is None:
-        pointed_at = {t for c in units.values() for t in c.edges()}
-        roots = [name for name in sorted(units) if name not in pointed_at] or sorted(units)
-    else:
-        roots = [root]
+    shown: set[str] = set()
 
     def build(name: str, relation: str, path: frozenset[str]) -> dict[str, Any]:
+        shown.add(name)
         node: dict[str, Any] = {"name": name, "relation": relation, "children": []}
         config = units.get(name)
         if config is None:
@@ -1113,7 +1112,14 @@ def dependency_tree(units: dict[str, UnitConfig], root: str | None = None) -> li
                 node["children"].append(build(child, kind, path | {name}))
         return node
 
-    return [build(name, "root", frozenset()) for name in roots]
+    if root is not None:
+        return [build(root, "root", frozenset())]
+    pointed_at = {t for c in units.values() for t in c.edges()}
+    forest = [build(name, "root", frozenset()) for name in sorted(units) if name not in pointed_at]
+    for name in sorted(units):
+        if name not in shown:
+            forest.append(build(name, "root", frozenset()))
+    return forest
 
 
 # ==== 7. States ==============================================================
@@ -2630,6 +2636,7 @@ def _tree_lines(forest: list[dict[str, Any]], ascii_only: bool) -> list[tuple[st
     def walk(node: dict[str, Any], prefix: str, last: bool, root: bool) -> None:
         relation = "" if root else f"{node['relation']} "
         mark = " (cycle)" if node.get("cycle") else ""
+        mark += " (config error)" if node.get("error") else ""
         lead = "" if root else (last_branch if last else branch)
         lines.append((f"{prefix}{lead}{relation}{node['name']}{mark} ", node.get("state")))
         children = node.get("children", [])
@@ -5069,7 +5076,15 @@ class Supervisor:
         }
 
     def tree(self, name: str | None) -> list[dict[str, Any]]:
+        # A unit whose file has an error is shown as list shows it: Failed, and why.
+        broken = [
+            {"name": n, "relation": "root", "children": [], "state": "Failed", "error": str(e)}
+            for n, e in sorted(self.broken.items())
+            if n not in self.units and (name is None or n == name)
+        ]
         if name is not None:
+            if broken:
+                return broken
             self.unit(name)
 
         def annotate(node: dict[str, Any]) -> dict[str, Any]:
@@ -5079,7 +5094,7 @@ class Supervisor:
                 annotate(child)
             return node
 
-        return [annotate(node) for node in dependency_tree(self.configs, name)]
+        return [annotate(node) for node in dependency_tree(self.configs, name)] + broken
 
     def logs(self, name: str | None, lines: int | None) -> list[dict[str, Any]]:
         if name is not None:

@@ -216,6 +216,22 @@ def test_tree(running):
         assert name in everything
 
 
+def test_tree_shows_every_unit_that_list_shows(running):
+    """Units on a cycle that nothing else points at, and units whose file has an error."""
+    running.service("cyc1", "sleep 1000", dependencies='requires = ["cyc2"]\n')
+    running.service("cyc2", "sleep 1000", dependencies='requires = ["cyc1"]\n')
+    running.write("broken", '[service]\nexec = "sleep 1000"\nbogus = 1\n')
+    running.cli("reload")  # exits 1: broken.toml has an error
+    lines = ok(running.cli("tree")).splitlines()
+    listed = {unit["name"] for unit in running.call("list")}
+    assert {"cyc1", "cyc2", "broken"} <= listed
+    roots = {line.split()[0] for line in lines if not line.startswith((" ", "│", "├", "└"))}
+    assert {"cyc1", "broken"} <= roots, lines
+    assert any(line.startswith("broken (config error)") for line in lines), lines
+    assert any("cyc1 (cycle)" in line for line in lines), lines
+    assert ok(running.cli("tree", "broken")).startswith("broken (config error)")
+
+
 def test_reload(running):
     running.service("fresh", "sleep 1000", lifecycle=FAST_STOP)
     out = ok(running.cli("reload"))
