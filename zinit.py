@@ -1892,11 +1892,29 @@ def _cmd_start(args: argparse.Namespace, out: _Output) -> int:
 
 
 def _start_and_wait(client: ZinitClient, args: argparse.Namespace, out: _Output) -> int:
-    """Start a unit, print the state changes, and return 0 once it is up."""
+    """Start a unit, print its state changes (and those of what it depends on), and
+    return 0 once it is up; 1 when it will not come up, or not within --timeout."""
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    # Only this unit and what it requires, wants or is ordered after: other
+    # units changing meanwhile (a flapping one) are not this command's story.
+    relevant: set[str] = set()
+    nodes = list(client.tree(args.name))
+    while nodes:
+        node = nodes.pop()
+        relevant.add(node["name"])
+        nodes.extend(node.get("children", ()))
 
     def show(message: dict[str, Any]) -> None:
-        if message.get("method") == "event" and not out.as_json:
-            _print_event(out, message["params"])
+        event = message.get("params", {})
+        if message.get("method") == "event" and event.get("unit") in relevant and not out.as_json:
+            _print_event(out, event)
+
+    def limit_wait() -> None:
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            client._sock.settimeout(remaining)
 
     client.call("events.subscribe")
     # The daemon answers once the unit has acted on the start, so the status
@@ -1905,18 +1923,17 @@ def _start_and_wait(client: ZinitClient, args: argparse.Namespace, out: _Output)
     unit = client.call("status", {"name": args.name}, on_notification=show)
     verdict = _start_verdict(unit)
     if verdict is None:
-        if args.timeout is not None:
-            client._sock.settimeout(args.timeout)
         try:
+            limit_wait()
             for message in client.notifications():
                 show(message)
                 event = message.get("params", {})
-                if message.get("method") != "event" or event.get("unit") != args.name:
-                    continue
-                unit = client.call("status", {"name": args.name}, on_notification=show)
-                verdict = _start_verdict(unit)
-                if verdict is not None:
-                    break
+                if message.get("method") == "event" and event.get("unit") == args.name:
+                    unit = client.call("status", {"name": args.name}, on_notification=show)
+                    verdict = _start_verdict(unit)
+                    if verdict is not None:
+                        break
+                limit_wait()
         except TimeoutError:
             verdict = False
             print(f"zinit: {args.name} is not up after {args.timeout:g}s", file=sys.stderr)

@@ -119,6 +119,28 @@ def test_issue_2_start_wait_judges_the_new_attempt_not_a_stale_state(running):
     assert results == [(0, "")] * 15, results
 
 
+def test_start_wait_shows_its_units_only_and_keeps_its_timeout(running, tmp_path):
+    """Progress names the unit and what it depends on, not a unit flapping elsewhere; and
+    --timeout bounds the whole wait, however many events arrive meanwhile."""
+    running.service(
+        "flapper", "sh -c 'sleep 0.05; exit 1'",
+        lifecycle='restart = "always"\nrestart_delay_ms = 10\nrestart_delay_max_ms = 10\n',
+    )  # fmt: skip
+    running.service("base", "sleep 1000", service='status = "stop"\n', lifecycle=FAST_STOP)
+    running.service(
+        "never", "sleep 1000", service='status = "stop"\n', lifecycle=FAST_STOP,
+        health='type = "exec"\ncommand = "false"\ninterval_ms = 50\n',
+        dependencies='requires = ["base"]\n',
+    )  # fmt: skip
+    ok(running.cli("reload"))
+    # Under the old per-read timer, the flapper's events kept this wait alive forever.
+    result = running.cli("start", "--wait", "--timeout", "2", "never", timeout=60)
+    assert result.returncode == 1, result
+    assert "never is not up after 2s" in result.stderr
+    assert "base" in result.stdout and "never" in result.stdout, result.stdout
+    assert "flapper" not in result.stdout, result.stdout
+
+
 def test_start_wait_oneshot_success(running):
     """start --wait on a oneshot exits 0 once it has Exited with success."""
     out = ok(running.cli("start", "--wait", "job"))
