@@ -57,11 +57,23 @@ echo "==> building $OUT for python$target"
 # shiv's bootstrap unpacks the archive and costs ~30 ms on every call, but only the
 # server needs what it unpacks (gevent's and psutil's C extensions). The CLI and
 # zinit-pid1 use the standard library alone, so a new __main__.py imports zinit
-# straight from the archive (zipimport, from a compiled copy when the builder can
-# make one for the target) and hands only the server to the bootstrap. They then
-# work on a read-only or noexec cache as well.
-echo "==> adding the direct entry for the CLI and zinit-pid1"
-"$PYTHON" - "$OUT" "$target" <<'PY'
+# straight from the archive (zipimport, from a copy compiled by the target's own
+# interpreter) and hands only the server to the bootstrap. They then work on a
+# read-only or noexec cache as well. Without that interpreter here, zipimport would
+# compile zinit.py at every call, slower than the bootstrap: shiv's entry stays.
+compiler=""
+if [[ "$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" == "$target" ]]; then
+    compiler="$PYTHON"
+elif "python$target" -c '' 2>/dev/null; then  # runs, not just on PATH (version shims)
+    compiler="python$target"
+fi
+if [[ -z $compiler ]]; then
+    echo "==> no python$target here to compile zinit: every program goes through shiv's bootstrap"
+    ls -l "$OUT"
+    exit 0
+fi
+echo "==> adding the direct entry for the CLI and zinit-pid1 (compiled by $compiler)"
+"$compiler" - "$OUT" <<'PY'
 import io
 import os
 import py_compile
@@ -69,7 +81,7 @@ import sys
 import tempfile
 import zipfile
 
-out, target = sys.argv[1], sys.argv[2]
+out = sys.argv[1]
 ENTRY = b"""\
 # zinit.pyz entry: the server goes through shiv's bootstrap (which unpacks
 # gevent and psutil); every other program runs straight from this archive.
@@ -89,31 +101,27 @@ _bootstrap.bootstrap()
 with open(out, "rb") as stream:
     shebang = stream.readline()
 source = zipfile.ZipFile(out)
-compiled = None
-if target == f"{sys.version_info[0]}.{sys.version_info[1]}":
-    with tempfile.TemporaryDirectory() as tmp:
-        with open(os.path.join(tmp, "zinit.py"), "wb") as stream:
-            stream.write(source.read("site-packages/zinit.py"))
-        # Checked against the source's hash, not a timestamp: zip times are coarse.
-        mode = py_compile.PycInvalidationMode.CHECKED_HASH
-        py_compile.compile(
-            os.path.join(tmp, "zinit.py"),
-            os.path.join(tmp, "zinit.pyc"),
-            dfile="site-packages/zinit.py",
-            doraise=True,
-            invalidation_mode=mode,
-        )
-        with open(os.path.join(tmp, "zinit.pyc"), "rb") as stream:
-            compiled = stream.read()
-else:
-    print(f"    (no compiled zinit for python{target}: its CLI compiles zinit.py at each call)")
+with tempfile.TemporaryDirectory() as tmp:
+    with open(os.path.join(tmp, "zinit.py"), "wb") as stream:
+        stream.write(source.read("site-packages/zinit.py"))
+    # Checked against the source's hash, not a timestamp: zip times are coarse.
+    mode = py_compile.PycInvalidationMode.CHECKED_HASH
+    py_compile.compile(
+        os.path.join(tmp, "zinit.py"),
+        os.path.join(tmp, "zinit.pyc"),
+        dfile="site-packages/zinit.py",
+        doraise=True,
+        invalidation_mode=mode,
+    )
+    with open(os.path.join(tmp, "zinit.pyc"), "rb") as stream:
+        compiled = stream.read()
 buffer = io.BytesIO()
 buffer.write(shebang)
 with zipfile.ZipFile(buffer, "w") as archive:
     for info in source.infolist():
         data = ENTRY if info.filename == "__main__.py" else source.read(info)
         archive.writestr(info, data)
-        if info.filename == "site-packages/zinit.py" and compiled is not None:
+        if info.filename == "site-packages/zinit.py":
             pyc = zipfile.ZipInfo("site-packages/zinit.pyc", info.date_time)
             pyc.compress_type, pyc.external_attr = info.compress_type, info.external_attr
             archive.writestr(pyc, compiled)
