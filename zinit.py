@@ -3952,6 +3952,13 @@ def _signal_tree(pgid: int | None, leaf: str | None, signum: int) -> None:
             pass
 
 
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
 def _tagged_processes(name: str) -> list[int]:
     """The daemon's children that carry ZINIT_SERVICE=name (no cgroup case).
 
@@ -4209,7 +4216,9 @@ class Service:
         self._stop_waiters: list[Any] = []
         self._start_after_stop = False
         self._starts_pending = 0  # _Start messages posted and not yet handled
-        self.spawn_error: str | None = None  # why the last start could not spawn
+        self.spawn_error: str | None = None  # why the last spawn failed
+        self.start_error: str | None = None  # a spawn error while handling the last _Start
+        self.stopped_by_request = False  # the last exit was a stop's doing
         self._pending_config: UnitConfig | None = None
         self._probe_generation = 0
         self._probe: Any = None
@@ -4407,6 +4416,9 @@ class Service:
                 try:
                     self._on_start(message)
                 finally:
+                    # What the start itself led to; a spawn that fails later
+                    # (once a requirement is up) is not this request's answer.
+                    self.start_error = self.spawn_error
                     self._starts_pending -= 1
                     if not self._starts_pending and self.state in AT_REST:
                         # Seen as starting until now, it stays at rest after all.
@@ -4643,6 +4655,7 @@ class Service:
             self._set_state(State.STOPPING, f"{describe_exit(code)}; stopping what it left behind")
         self._sweep(pgid, leftovers, kill_at)
         purpose, self._stop_purpose = self._stop_purpose, None
+        self.stopped_by_request = purpose == "stop"
         since = self.started_at if self.config.oneshot else self.running_since
         uptime = self.clock() - since if since is not None else 0.0
         self.running_since = None
@@ -4679,6 +4692,10 @@ class Service:
         if kill_at is None:
             _kill_pids(leftovers, self.config.stop_signal)
             kill_at = self.clock() + self.config.stop_timeout_ms / 1000
+        elif self._leaf is None:
+            # Without a cgroup the stop reached the process group only: the
+            # descendants that left it (setsid) hear of the stop now.
+            _kill_pids([pid for pid in leftovers if _pgid(pid) != pgid], self.config.stop_signal)
         deadline = kill_at
         for signum in (None, signal.SIGKILL):
             if signum is not None:
@@ -5136,8 +5153,10 @@ class Supervisor:
         for name, config in sorted(self.configs.items()):
             unit = self.units[name]
             up = unit.state == State.RUNNING if config.is_target else unit.is_up()
-            # SPEC 8: "Running or Exited with success", a service's clean exit included.
-            up = up or (unit.state == State.EXITED and unit.exit_code == 0)
+            # SPEC 8: "Running or Exited with success": a service that ended on its
+            # own with code 0 and rests counts; one stopped by hand does not.
+            clean = unit.state == State.EXITED and unit.exit_code == 0
+            up = up or (clean and not unit.stopped_by_request and unit._restart_at is None)
             if config.status == "start" and not up:
                 problems.append({"name": name, "state": str(unit.state), "reason": unit.reason})
         for name, error in sorted(self.broken.items()):
@@ -5173,7 +5192,7 @@ class Supervisor:
         Raises UnitStateError when the unit could not even be spawned.
         """
         self.start_many([name], reason=reason, by_hand=by_hand)
-        error = self.units[name].spawn_error if name in self.units else None
+        error = self.units[name].start_error if name in self.units else None
         if error is not None:
             raise UnitStateError(f"{name!r} did not start: {error}")
 
@@ -5205,9 +5224,8 @@ class Supervisor:
         if rivals:
             self.stop_units(rivals, f"stopped: conflicts with {', '.join(map(repr, names))}")
         for loser, winner in losers.items():
-            self.units[loser].post(
-                _Note(f"not started: conflicts with {winner!r}, which is starting with it")
-            )
+            how = "is running" if self.units[winner].is_up() else "is starting with it"
+            self.units[loser].post(_Note(f"not started: conflicts with {winner!r}, which {how}"))
         handled = []
         for member in closure:
             if member in losers:
@@ -5224,11 +5242,27 @@ class Supervisor:
     def _conflict_losers(self, closure: dict[str, str], named: set[str]) -> dict[str, str]:
         """Units of one start that conflict with another of it, each with the one it yields to.
 
-        Named units go before the units they pull in, then first by name (as
-        at boot); a unit that yields takes no further part.
+        Precedence: the named units; then units already running (a start does
+        not stop what is up for something it pulls in); then required before
+        merely wanted units; then first by name, as at boot.  A unit that
+        yields takes no further part.
         """
+        required = set(named)
+        queue = collections.deque(named)
+        while queue:
+            config = self.configs.get(queue.popleft())
+            for target in config.requires if config else ():
+                if target in closure and target not in required:
+                    required.add(target)
+                    queue.append(target)
+
+        def precedence(member: str) -> tuple[bool, bool, bool, str]:
+            unit = self.units[member]
+            running = unit.is_active() or unit.is_up()
+            return (member not in named, not running, member not in required, member)
+
         losers: dict[str, str] = {}
-        for member in sorted(closure, key=lambda m: (m not in named, m)):
+        for member in sorted(closure, key=precedence):
             if member in losers:
                 continue
             for rival in self.conflicts.get(member, ()):
@@ -5342,10 +5376,22 @@ class Supervisor:
             self.configs[name] = config
             self.units[name] = Service(config, self)
             self._rebuild_graph()
+            waiting = self._waiting_for([name])
             if config.status == "start" and not self.shutting_down:
                 self.start_many([name], reason="added")  # added even if it cannot spawn
+            if waiting and not self.shutting_down:
+                # Blocked for want of it: their start pulls it in, status=stop or not.
+                self.start_many(waiting, reason=f"{name!r} was added")
             self._notify_all()
         return {"name": name, "path": path}
+
+    def _waiting_for(self, names: list[str]) -> list[str]:
+        """The wanted units that require one of ``names`` (just defined), to be started again."""
+        return sorted(
+            d
+            for d in requiring_closure(names, self.configs) - set(names)
+            if d in self.units and self.units[d].wanted and not self.units[d].is_up()
+        )
 
     def remove_service(self, name: str) -> dict[str, Any]:
         with self._config_lock:
@@ -5427,6 +5473,7 @@ class Supervisor:
                 unit.config_error = errors.get(name)
             self._rebuild_graph()
             to_start = restarting + [d for d in dependents + orphaned if d in self.units]
+            to_start += self._waiting_for(added)
             to_start += [n for n in added if new[n].status == "start"]
             to_start += [
                 n

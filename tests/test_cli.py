@@ -310,6 +310,16 @@ def test_check(running):
     ok(running.cli("reload"))
     assert running.wait_state("done", "Exited")["exit_code"] == 0
     ok(running.cli("check"))
+    # A status=start service stopped by hand is not up, however it exited.
+    running.service("polite", "sh -c 'trap \"exit 0\" TERM; while :; do sleep 0.05; done'")
+    ok(running.cli("reload"))
+    running.wait_state("polite", "Running")
+    ok(running.cli("stop", "polite"))
+    assert running.wait_state("polite", "Exited")["exit_code"] == 0
+    assert running.cli("check").returncode == 1
+    ok(running.cli("start", "polite"))
+    running.wait_state("polite", "Running")
+    ok(running.cli("check"))
     running.service("broken", "sh -c 'exit 3'", service="oneshot = true\n")
     ok(running.cli("reload"))
     running.wait_state("broken", "Failed")

@@ -374,6 +374,7 @@ def test_conflicts_inside_one_start_all(daemon):
         daemon.wait_state("ca", "Running")
         cb = reason_of(daemon, "cb", "conflicts with 'ca'")
         assert cb["state"] in ("Inactive", "Exited") and cb["pid"] is None
+        assert not [e for e in transitions(daemon) if e[0] == "cb" and e[2] == "Running"]
 
 
 def test_conflicts_with_a_unit_pulled_in_at_boot(daemon):
@@ -388,6 +389,28 @@ def test_conflicts_with_a_unit_pulled_in_at_boot(daemon):
     c = reason_of(daemon, "c", "requires 'b'")
     assert c["state"] == "Blocked"
     assert daemon.status("a")["state"] == "Running"
+
+
+def test_a_start_never_stops_a_running_requirement_for_a_wanted_rival(daemon):
+    """web requires zdb (running) and wants atool, which conflicts with zdb: starting web
+    leaves zdb alone and does not start atool."""
+    daemon.service("zdb", "sleep 1000", lifecycle=QUICK)
+    daemon.service(
+        "web", "sleep 1000", lifecycle=QUICK, service='status = "stop"\n',
+        dependencies='requires = ["zdb"]\nwants = ["atool"]\n',
+    )  # fmt: skip
+    daemon.service(
+        "atool", "sleep 1000", lifecycle=QUICK, service='status = "stop"\n',
+        dependencies='conflicts = ["zdb"]\n',
+    )  # fmt: skip
+    daemon.start()
+    zdb_pid = daemon.wait_state("zdb", "Running")["pid"]
+    assert daemon.cli("start", "web").returncode == 0
+    daemon.wait_state("web", "Running")
+    assert daemon.status("zdb")["pid"] == zdb_pid
+    atool = daemon.status("atool")
+    assert atool["state"] == "Inactive" and atool["pid"] is None, atool
+    assert atool["reason"] == "not started: conflicts with 'zdb', which is running"
 
 
 # -- undefined units ---------------------------------------------------------
@@ -428,16 +451,19 @@ def test_removed_requirement_blocks_its_dependents_until_it_returns(daemon):
     assert daemon.cli("remove-service", "db").returncode == 0
     web = reason_of(daemon, "web", "requires 'db', which is not defined")
     assert web["state"] == "Blocked" and not pid_alive(web_pid)
-    assert (
-        daemon.cli("add-service", '[service]\nname = "db"\nexec = "sleep 1000"\n').returncode == 0
+    # Back with status=stop: web's start pulls it in, as at boot.
+    added = daemon.cli(
+        "add-service", '[service]\nname = "db"\nexec = "sleep 1000"\nstatus = "stop"\n'
     )
+    assert added.returncode == 0, added.stderr
     web_pid = daemon.wait_state("web", "Running")["pid"]
+    daemon.wait_state("db", "Running")
 
     (daemon.config_dir / "db.toml").unlink()
     assert daemon.cli("reload").returncode == 0
     web = reason_of(daemon, "web", "requires 'db', which is not defined")
     assert web["state"] == "Blocked" and not pid_alive(web_pid)
-    daemon.write("db", db_text)
+    daemon.write("db", db_text.replace("[lifecycle]", 'status = "stop"\n[lifecycle]'))
     assert daemon.cli("reload").returncode == 0
     daemon.wait_state("db", "Running")
     daemon.wait_state("web", "Running")

@@ -413,6 +413,25 @@ def test_stop_signals_a_leftover_child_once_then_kills_it(daemon, tmp_path):
     assert marks.read_text() == "term\n"
 
 
+def test_without_cgroups_a_stop_still_signals_a_setsid_descendant(daemon, tmp_path):
+    """No writable cgroup: a descendant that left the process group gets the stop signal
+    when the main process is gone, not only the SIGKILL at the stop timeout."""
+    marks = tmp_path / "terms"
+    escaped = f"trap 'echo term >> {marks}; exit 0' TERM; while :; do sleep 0.05; done"
+    script = f"setsid sh -c {shlex.quote(escaped)} & exec sleep 1000"
+    daemon.service("escaper", f"sh -c {shlex.quote(script)}", lifecycle="stop_timeout_ms = 30000\n")
+    daemon.start(env={"ZINIT_CGROUP_ROOT": "/proc/zinit-no-cgroup-here"})
+    daemon.wait_state("escaper", "Running")
+    wait_until(
+        lambda: any(p.info["cmdline"][-1:] == [escaped] for p in psutil.process_iter(["cmdline"])),
+        what="the setsid descendant",
+    )
+    result = daemon.cli("stop", "escaper")
+    assert result.returncode == 0, result.stderr
+    daemon.wait_state("escaper", "Exited")
+    assert marks.read_text() == "term\n"  # asked to stop, not killed after 30 s
+
+
 def test_a_crash_with_leftovers_is_stopping_not_running_while_they_are_ended(daemon):
     """After the main process exits, the unit shows Stopping (no pid) while its leftovers
     are ended, then the exit's outcome."""
