@@ -3859,12 +3859,24 @@ def _credentials(config: UnitConfig, env: dict[str, str]) -> dict[str, Any]:
         try:
             gid = grp.getgrnam(config.group).gr_gid
         except KeyError:
-            raise _SpawnError(f"group {config.group!r} does not exist") from None
+            if not config.group.isdigit():
+                raise _SpawnError(f"group {config.group!r} does not exist") from None
+            gid = int(config.group)  # a bare gid needs no group entry
     if config.user:
         try:
             account = pwd.getpwnam(config.user)
         except KeyError:
-            raise _SpawnError(f"user {config.user!r} does not exist") from None
+            if not config.user.isdigit():
+                raise _SpawnError(f"user {config.user!r} does not exist") from None
+            try:
+                account = pwd.getpwuid(int(config.user))
+            except KeyError:
+                # A uid with no passwd entry (common in containers): no name,
+                # no home, no supplementary groups; its gid is the uid unless set.
+                arguments["user"] = int(config.user)
+                arguments["extra_groups"] = []
+                arguments["group"] = int(config.user) if gid is None else gid
+                return arguments
         gid = account.pw_gid if gid is None else gid
         arguments["user"] = account.pw_uid
         arguments["extra_groups"] = os.getgrouplist(account.pw_name, gid)
@@ -5475,10 +5487,14 @@ class Supervisor:
             to_start = restarting + [d for d in dependents + orphaned if d in self.units]
             to_start += self._waiting_for(added)
             to_start += [n for n in added if new[n].status == "start"]
+            # Newly status=start, or Failed on the old config: a fixed file is
+            # a reason to try again (a unit stopped by hand stays stopped).
             to_start += [
                 n
                 for n in changed
-                if n not in restarting and new[n].status == "start" and old[n].status != "start"
+                if n not in restarting
+                and new[n].status == "start"
+                and (old[n].status != "start" or self.units[n].state == State.FAILED)
             ]
             to_start = [n for n in to_start if self.configs[n].status != "ignore"]
             if to_start and not self.shutting_down:
@@ -5491,8 +5507,24 @@ class Supervisor:
             "removed": removed,
             "changed": changed,
             "unchanged": unchanged,
-            "errors": [{"unit": n, **e.to_dict()} for n, e in sorted(errors.items())],
+            "errors": [{"unit": n, **e.to_dict()} for n, e in sorted(errors.items())]
+            + self._cycle_errors(),
         }
+
+    def _cycle_errors(self) -> list[dict[str, Any]]:
+        """Reload errors for the units on a dependency cycle (each stays Blocked)."""
+        return [
+            {
+                "unit": name,
+                "file": self.configs[name].path,
+                "key": None,
+                "line": None,
+                "col": None,
+                "reason": f"dependency cycle: {cycle}",
+                "message": f"{self.configs[name].path}: dependency cycle: {cycle}",
+            }
+            for name, cycle in sorted(self.cycles.items())
+        ]
 
     def on_failed_for_good(self, unit: Service) -> None:
         if unit.config.critical and self.on_critical is not None:

@@ -505,6 +505,21 @@ def test_cycle_blocks_its_members_and_the_rest_starts(daemon):
     assert daemon.proc.poll() is None
 
 
+def test_a_reload_that_makes_a_cycle_says_so_and_fails(daemon):
+    """The units of a cycle made by a reload stop and wait Blocked; reload exits 1 naming it."""
+    daemon.service("web", "sleep 1000", lifecycle=QUICK)
+    daemon.service("app", "sleep 1000", lifecycle=QUICK, dependencies='requires = ["web"]\n')
+    daemon.start()
+    daemon.wait_state("app", "Running")
+    path = daemon.service("web", "sleep 1000", lifecycle=QUICK, dependencies='requires = ["app"]\n')
+    result = daemon.cli("reload")
+    assert result.returncode == 1, result
+    assert f"zinit: reload: {path}: dependency cycle: web → app → web" in result.stderr
+    reply = daemon.call("reload")
+    assert {e["unit"] for e in reply["errors"]} == {"app", "web"}, reply
+    assert reason_of(daemon, "web", "cycle")["state"] == "Blocked"
+
+
 # -- status=stop / status=ignore ----------------------------------------------
 
 

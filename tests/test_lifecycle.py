@@ -534,6 +534,27 @@ def test_user_nobody_runs_as_nobody(daemon):
     assert want in lines, lines
 
 
+def test_numeric_user_and_group(daemon):
+    """A uid with a passwd entry is that account; one without (as containers use) runs as
+    that uid with the same gid and no supplementary groups; a numeric group is taken as is."""
+    nobody = pwd.getpwnam("nobody")
+    show = "sh -c 'echo \"uid=$(id -u) gid=$(id -g) groups=$(id -G) home=$HOME\"'"
+    daemon.service("byuid", show, service=f'oneshot = true\nuser = "{nobody.pw_uid}"\n')
+    daemon.service("bare", show, service='oneshot = true\nuser = "54321"\n')
+    daemon.service("bare2", show, service='oneshot = true\nuser = "54321"\ngroup = "54322"\n')
+    daemon.start()
+    expected = {
+        "byuid": f"uid={nobody.pw_uid} gid={nobody.pw_gid}",
+        "bare": "uid=54321 gid=54321 groups=54321 ",
+        "bare2": "uid=54321 gid=54322 groups=54322 ",
+    }
+    for name, start in expected.items():
+        unit = daemon.wait_state(name, "Exited", "Failed")
+        assert unit["state"] == "Exited", unit
+        lines = [e["line"] for e in daemon.call("logs", name=name)]
+        assert any(line.startswith(start) for line in lines), (name, lines)
+
+
 def test_env_table_reaches_the_child(daemon):
     daemon.service(
         "envy",

@@ -208,6 +208,21 @@ def test_a_changed_stopped_unit_is_not_started(daemon):
     daemon.wait_log("idle", "V=two")
 
 
+def test_a_failed_unit_whose_file_is_fixed_starts_on_reload(daemon):
+    """status=start, Failed for good on the old config: the fixed file is tried at once;
+    the same unit stopped by hand would stay stopped."""
+    daemon.service("fixme", "/nonexistent/zinit-typo", lifecycle=QUICK)
+    daemon.start()
+    daemon.wait_state("fixme", "Failed")
+    daemon.service("fixme", "sleep 1000", lifecycle=QUICK)
+    assert daemon.call("reload")["changed"] == ["fixme"]
+    daemon.wait_state("fixme", "Running")
+    assert daemon.cli("stop", "fixme").returncode == 0
+    daemon.service("fixme", "sleep 999", lifecycle=QUICK)
+    assert daemon.call("reload")["changed"] == ["fixme"]
+    assert daemon.status("fixme")["state"] == "Exited"
+
+
 # -- add-service / remove-service --------------------------------------------
 
 
