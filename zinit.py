@@ -3701,6 +3701,10 @@ def _write_cgroup_file(directory: str, name: str, text: str) -> None:
         os.close(fd)
 
 
+#: How long the services of a dead server get after SIGTERM, and after SIGKILL.
+_ORPHAN_STOP_S = 5.0
+
+
 class _Cgroups:
     """Per-service cgroup v2 leaves under ``<own cgroup>/zinit-<pid>/``.
 
@@ -3729,6 +3733,8 @@ class _Cgroups:
             _log().info("no per-service cgroups (%s); using process groups", error.strerror)
             return
         self.root = root
+        if "ZINIT_CGROUP_ROOT" not in os.environ:
+            self._end_what_dead_servers_left(own)
         slow_mount = _slow_cgroup_mount(own)
         if slow_mount is not None:
             _log().info(
@@ -3738,6 +3744,45 @@ class _Cgroups:
                 slow_mount,
                 slow_mount,
             )
+
+    @staticmethod
+    def _end_what_dead_servers_left(own: str) -> None:
+        """Stop the services of a zinit-server that was killed (-9) in this same cgroup.
+
+        Its ``zinit-<pid>`` directory outlives it, and so do its services,
+        unsupervised: a new daemon would start second copies beside them.
+        Each gets SIGTERM, then SIGKILL after _ORPHAN_STOP_S; nothing is
+        watching them, so their cgroup is looked at until it is empty.
+        """
+        for entry in os.listdir(own):
+            pid = entry.removeprefix("zinit-")
+            if not entry.startswith("zinit-") or not pid.isdigit():
+                continue
+            try:
+                os.kill(int(pid), 0)
+                continue  # its server lives (or the pid is someone else's now)
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+            directory = os.path.join(own, entry)
+            left = _Cgroups.pids(directory)
+            if left:
+                _log().warning(
+                    "zinit-server %s is gone and left %d process(es) in %s: stopping them",
+                    pid,
+                    len(left),
+                    directory,
+                )
+                _kill_pids(left, signal.SIGTERM)
+                deadline = time.monotonic() + _ORPHAN_STOP_S
+                while _Cgroups.pids(directory) and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                if _Cgroups.kill_all(directory):
+                    deadline = time.monotonic() + _ORPHAN_STOP_S
+                    while _Cgroups.pids(directory) and time.monotonic() < deadline:
+                        time.sleep(0.02)
+            _Cgroups.remove_tree(directory)
 
     def leaf(self, name: str) -> str | None:
         if self.root is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -10,6 +11,8 @@ import threading
 import time
 
 from conftest import PYTHON, ZINIT_PY, pid_alive, wait_until
+
+import zinit
 
 SLOW_STOP = (
     f'{PYTHON} -c "import signal, time\n'
@@ -249,3 +252,26 @@ def test_pipe_fds_are_closed_when_a_unit_quits_before_its_readers_run(tmp_path):
     assert result.returncode == 0, result.stderr
     before, after = map(int, result.stdout.split())
     assert after == before, f"{after - before} fds leaked over 20 start-then-quit rounds"
+
+
+def test_a_daemon_started_after_a_kill_9_ends_the_services_left_unsupervised(daemon):
+    """kill -9 leaves a daemon's services running, unsupervised; the next daemon in the same
+    cgroup stops them (SIGTERM) before it starts its own, so nothing runs twice."""
+    daemon.service("worker", "sleep 1000")
+    daemon.start()
+    old_pid = daemon.wait_state("worker", "Running")["pid"]
+    killed = daemon.proc.pid
+    dead_root = os.path.join(zinit._own_cgroup_dir(), f"zinit-{killed}")  # the tests' cgroup
+    assert os.path.isdir(dead_root)
+    try:
+        daemon.proc.kill()
+        daemon.proc.wait(30)
+        assert pid_alive(old_pid)  # orphaned, still running
+        daemon.start()
+        new_pid = daemon.wait_state("worker", "Running")["pid"]
+        assert new_pid != old_pid
+        wait_until(lambda: not pid_alive(old_pid), what="the orphan to be stopped")
+        assert f"zinit-server {killed} is gone and left 1 process(es)" in daemon.log()
+        assert not os.path.exists(dead_root)
+    finally:
+        daemon._kill_leftovers(killed)
