@@ -834,6 +834,11 @@ def parse_unit_text(text: str, path: str, name: str) -> UnitConfig | XinetConfig
         if found:
             line, col = int(found.group(1)), int(found.group(2))
             message = message[: found.start()]
+        elif message.endswith(" (at end of document)"):
+            # tomllib gives no position here: the end is after the last character.
+            lines = text.split("\n")
+            line, col = len(lines), len(lines[-1]) + 1
+            message = message.removesuffix(" (at end of document)")
         message = message[:1].lower() + message[1:]
         raise ConfigError(path, f"TOML syntax error: {message}", line=line, col=col) from None
     return _UnitParser(path, text, name).parse(data)
@@ -1738,12 +1743,8 @@ class _Output:
     def __init__(self, as_json: bool, stream: Any = None) -> None:
         self.stream = stream or sys.stdout
         self.as_json = as_json
-        self.colour = (
-            not as_json
-            and "NO_COLOR" not in os.environ
-            and hasattr(self.stream, "isatty")
-            and self.stream.isatty()
-        )
+        self.terminal = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.colour = not as_json and "NO_COLOR" not in os.environ and self.terminal
 
     def json(self, data: Any) -> None:
         self.stream.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
@@ -1826,6 +1827,12 @@ def _print_event(out: _Output, event: dict[str, Any]) -> None:
     )
 
 
+#: Control characters but tab, as visible escapes (C0, DEL and C1).
+_TERMINAL_SAFE = {
+    code: f"\\x{code:02x}" for code in [*range(0x20), *range(0x7F, 0xA0)] if code != 0x09
+}
+
+
 def _print_log(out: _Output, entry: dict[str, Any], with_unit: bool) -> None:
     if out.as_json:
         out.stream.write(json.dumps(entry, ensure_ascii=False) + "\n")
@@ -1833,7 +1840,12 @@ def _print_log(out: _Output, entry: dict[str, Any], with_unit: bool) -> None:
         return
     prefix = f"{entry['unit']} " if with_unit else ""
     marker = "!" if entry["stream"] == "stderr" else "|"
-    out.line(f"{_format_time(entry['time'])} {prefix}{marker} {entry['line']}")
+    line = entry["line"]
+    if out.terminal:
+        # A service's output must not drive the operator's terminal (escape
+        # sequences can retitle, recolour or rewrite it): show controls as \xNN.
+        line = line.translate(_TERMINAL_SAFE)
+    out.line(f"{_format_time(entry['time'])} {prefix}{marker} {line}")
 
 
 def _connect(args: argparse.Namespace) -> ZinitClient:
@@ -1988,8 +2000,8 @@ def _cmd_logs(args: argparse.Namespace, out: _Output) -> int:
                 for entry in client.follow_logs(args.name, args.lines):
                     _print_log(out, entry, args.name is None)
             except KeyboardInterrupt:
-                pass
-            return 0
+                return 0
+            return _stream_lost(args)
         entries = client.logs(args.name, args.lines)
     if out.as_json:
         out.json(entries)
@@ -2145,8 +2157,17 @@ def _cmd_events(args: argparse.Namespace, out: _Output) -> int:
             for event in client.events():
                 _print_event(out, event)
         except KeyboardInterrupt:
-            pass
-    return 0
+            return 0
+    return _stream_lost(args)
+
+
+def _stream_lost(args: argparse.Namespace) -> int:
+    """A following command's daemon went away: say so, exit 3 (a script must tell)."""
+    print(
+        f"zinit: the daemon at {args.socket or default_socket_path()} closed the connection",
+        file=sys.stderr,
+    )
+    return 3
 
 
 def _cmd_debug_state(args: argparse.Namespace, out: _Output) -> int:
@@ -5547,6 +5568,13 @@ class Supervisor:
             self._notify_all()
         for name, error in errors.items():
             _log().error("reload: %s", error)
+        _log().info(
+            "reload: added %s; removed %s; changed %s; %d unchanged",
+            ", ".join(added) or "-",
+            ", ".join(removed) or "-",
+            ", ".join(changed) or "-",
+            len(unchanged),
+        )
         return {
             "added": added,
             "removed": removed,

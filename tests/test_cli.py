@@ -221,6 +221,62 @@ def test_logs_follow(running):
         process.wait(30)
 
 
+def test_logs_follow_and_events_exit_3_when_the_daemon_goes_away(running):
+    """A follower cannot end normally: losing the daemon is exit 3 with a message, so that
+    a script can tell."""
+    followers = [
+        subprocess.Popen(
+            [PYTHON, ZINIT_PY, "--socket", running.socket, *command],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for command in (["logs", "-f", "job"], ["events"])
+    ]
+    try:
+        assert "hello from job" in read_line(followers[0], 30)
+        ok(running.cli("shutdown"))
+        errors = []
+        for process in followers:
+            assert process.wait(30) == 3
+            errors.append(process.stderr.read())
+        assert "closed the connection" in errors[0], errors
+        # events may have connected only after the daemon left: exit 3 all the same.
+        assert "daemon" in errors[1], errors
+    finally:
+        for process in followers:
+            if process.poll() is None:
+                process.kill()
+                process.wait(30)
+
+
+def test_logs_on_a_terminal_show_control_characters_escaped(running):
+    """A service's escape sequences reach a terminal as text, not as commands; piped, the
+    line is left as it was."""
+    running.service("painter", "printf 'a\\033]0;owned\\007b\\n'", service="oneshot = true\n")
+    ok(running.cli("reload"))
+    running.wait_state("painter", "Exited")
+    parent, child = pty.openpty()
+    process = subprocess.Popen(
+        [PYTHON, ZINIT_PY, "--socket", running.socket, "logs", "painter"],
+        stdout=child, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    os.close(child)
+    output = b""
+    try:
+        while chunk := os.read(parent, 4096):
+            output += chunk
+    except OSError:  # EIO: the other side closed
+        pass
+    finally:
+        os.close(parent)
+    assert process.wait(30) == 0
+    assert b"| a\\x1b]0;owned\\x07b" in output, output
+    assert b"\x1b]0" not in output
+    piped = ok(running.cli("logs", "painter"))
+    assert "| a\x1b]0;owned\x07b" in piped
+
+
 def test_why(running):
     out = ok(running.cli("why", "sleeper"))
     assert out.startswith("sleeper is Running")

@@ -208,6 +208,15 @@ ERRORS = [
         "web.toml:3:11: TOML syntax error: invalid value",
     ),
     (
+        "TOML syntax error at the end of the file still has a position",
+        """
+        [service]
+        exec = "sleep 1"
+        ports = [1,
+        """,
+        "web.toml:4:1: TOML syntax error: invalid value",
+    ),
+    (
         "TOML syntax error: duplicate key",
         """
         [service]

@@ -88,6 +88,11 @@ def test_reload_on_sighup(daemon):
     )
     check_four_cases(daemon, pids)
     assert daemon.proc.poll() is None
+    # Nobody sees a SIGHUP's reply: the daemon's log says what it did.
+    wait_until(
+        lambda: "reload: added fresh, later; removed drop; changed change" in daemon.log(),
+        what="the reload summary in the log",
+    )
 
 
 def test_reload_with_nothing_changed_touches_nothing(daemon):
