@@ -3748,14 +3748,14 @@ class _Cgroups:
             return
         # zinit-pid1 names the root, so that it can clean up after a crashed server.
         root = os.environ.get("ZINIT_CGROUP_ROOT") or os.path.join(own, f"zinit-{os.getpid()}")
+        if "ZINIT_CGROUP_ROOT" not in os.environ:
+            self._end_what_dead_servers_left(own)  # zinit-pid1 does that for its servers
         try:
             os.makedirs(root, exist_ok=True)
         except OSError as error:
             _log().info("no per-service cgroups (%s); using process groups", error.strerror)
             return
         self.root = root
-        if "ZINIT_CGROUP_ROOT" not in os.environ:
-            self._end_what_dead_servers_left(own)
         slow_mount = _slow_cgroup_mount(own)
         if slow_mount is not None:
             _log().info(
@@ -3772,37 +3772,47 @@ class _Cgroups:
 
         Its ``zinit-<pid>`` directory outlives it, and so do its services,
         unsupervised: a new daemon would start second copies beside them.
-        Each gets SIGTERM, then SIGKILL after _ORPHAN_STOP_S; nothing is
-        watching them, so their cgroup is looked at until it is empty.
+        Only processes that carry the dead server's tag are ended, and a
+        directory is left alone when anything in it is out of sight (another
+        PID namespace, whose pids read 0 here and mean someone else's, live
+        server) or untagged.  SIGTERM, SIGKILL after _ORPHAN_STOP_S; they are
+        not our children, so their cgroups are looked at until they empty.
         """
-        for entry in os.listdir(own):
-            pid = entry.removeprefix("zinit-")
-            if not entry.startswith("zinit-") or not pid.isdigit():
+        try:
+            mine = os.readlink("/proc/self/ns/pid")
+            entries = os.listdir(own)
+        except OSError:
+            return
+        stale: dict[str, list[int]] = {}
+        for entry in entries:
+            owner = entry.removeprefix("zinit-")
+            # zinit-pid1 names its roots with 12 hex digits; pids have at most 7.
+            if not entry.startswith("zinit-") or not owner.isdigit() or len(owner) > 7:
                 continue
-            try:
-                os.kill(int(pid), 0)
+            if int(owner) != os.getpid() and _is_running(int(owner)):
                 continue  # its server lives (or the pid is someone else's now)
-            except ProcessLookupError:
-                pass
-            except PermissionError:
-                continue
             directory = os.path.join(own, entry)
-            left = _Cgroups.pids(directory)
-            if left:
-                _log().warning(
-                    "zinit-server %s is gone and left %d process(es) in %s: stopping them",
-                    pid,
-                    len(left),
-                    directory,
-                )
-                _kill_pids(left, signal.SIGTERM)
+            pids = _Cgroups.pids(directory)
+            if all(_is_tagged_by(pid, owner, mine) for pid in pids):
+                stale[directory] = pids
+        left = [pid for pids in stale.values() for pid in pids]
+        if left:
+            _log().warning(
+                "a zinit-server that is gone left %d process(es) in %s: stopping them",
+                len(left),
+                ", ".join(d for d, pids in stale.items() if pids),
+            )
+            for signum in (signal.SIGTERM, signal.SIGKILL):
+                _kill_pids(left, signum)
                 deadline = time.monotonic() + _ORPHAN_STOP_S
-                while _Cgroups.pids(directory) and time.monotonic() < deadline:
+                while time.monotonic() < deadline:
+                    left = [pid for d in stale for pid in _Cgroups.pids(d)]
+                    if not left:
+                        break
                     time.sleep(0.02)
-                if _Cgroups.kill_all(directory):
-                    deadline = time.monotonic() + _ORPHAN_STOP_S
-                    while _Cgroups.pids(directory) and time.monotonic() < deadline:
-                        time.sleep(0.02)
+                if not left:
+                    break
+        for directory in stale:
             _Cgroups.remove_tree(directory)
 
     def leaf(self, name: str) -> str | None:
@@ -3851,7 +3861,8 @@ class _Cgroups:
                     found.update(int(line) for line in stream if line.strip())
             except (OSError, ValueError):
                 continue
-        return sorted(found - {os.getpid()})  # never the daemon, whatever happens
+        # Never the daemon, whatever happens; 0 is a process of another PID namespace.
+        return sorted(found - {os.getpid(), 0})
 
     @staticmethod
     def kill_all(leaf: str | None) -> bool:
@@ -3910,6 +3921,14 @@ def _service_environment(config: UnitConfig) -> dict[str, str]:
     return env
 
 
+def _numeric_id(text: str, what: str) -> int:
+    """A uid or gid written as a number; 4294967295 is -1 to the kernel ("no change")."""
+    number = int(text)
+    if number >= 2**32 - 1:
+        raise _SpawnError(f"{what} {text!r} is not a valid {what[0]}id (0 to 4294967294)")
+    return number
+
+
 def _credentials(config: UnitConfig, env: dict[str, str]) -> dict[str, Any]:
     """Return Popen's user/group arguments, updating HOME, USER and LOGNAME."""
     if not (config.user or config.group):
@@ -3927,21 +3946,23 @@ def _credentials(config: UnitConfig, env: dict[str, str]) -> dict[str, Any]:
         except KeyError:
             if not config.group.isdigit():
                 raise _SpawnError(f"group {config.group!r} does not exist") from None
-            gid = int(config.group)  # a bare gid needs no group entry
+            gid = _numeric_id(config.group, "group")  # a bare gid needs no group entry
     if config.user:
         try:
             account = pwd.getpwnam(config.user)
         except KeyError:
             if not config.user.isdigit():
                 raise _SpawnError(f"user {config.user!r} does not exist") from None
+            uid = _numeric_id(config.user, "user")
             try:
-                account = pwd.getpwuid(int(config.user))
+                account = pwd.getpwuid(uid)
             except KeyError:
                 # A uid with no passwd entry (common in containers): no name,
                 # no home, no supplementary groups; its gid is the uid unless set.
-                arguments["user"] = int(config.user)
+                env.update(HOME="/", USER=config.user, LOGNAME=config.user)
+                arguments["user"] = uid
                 arguments["extra_groups"] = []
-                arguments["group"] = int(config.user) if gid is None else gid
+                arguments["group"] = uid if gid is None else gid
                 return arguments
         gid = account.pw_gid if gid is None else gid
         arguments["user"] = account.pw_uid
@@ -4037,6 +4058,28 @@ def _pgid(pid: int) -> int | None:
         return None
 
 
+def _is_running(pid: int) -> bool:
+    """Whether ``pid`` is a live process here (a zombie is not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stream:
+            return stream.read().rpartition(b")")[2].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _is_tagged_by(pid: int, server: str, namespace: str) -> bool:
+    """Whether ``pid`` is a service of zinit-server ``server`` in our PID namespace."""
+    if pid <= 0:
+        return False  # a process of another PID namespace
+    try:
+        if os.readlink(f"/proc/{pid}/ns/pid") != namespace:
+            return False
+        with open(f"/proc/{pid}/environ", "rb") as stream:
+            return f"ZINIT_SERVER_PID={server}".encode() in stream.read().split(b"\0")
+    except OSError:
+        return False
+
+
 def _tagged_processes(name: str) -> list[int]:
     """The daemon's children that carry ZINIT_SERVICE=name (no cgroup case).
 
@@ -4075,8 +4118,11 @@ def _leftovers(name: str, pgid: int, leaf: str | None) -> list[int]:
 
 
 def _kill_pids(pids: list[int], signum: int) -> None:
+    """Signal each pid; a negative one is a process group, 0 is skipped (never our own)."""
     for pid in pids:
         try:
+            if pid == 0:
+                continue
             if pid < 0:
                 os.killpg(-pid, signum)
             else:
@@ -4773,7 +4819,8 @@ class Service:
         elif self._leaf is None:
             # Without a cgroup the stop reached the process group only: the
             # descendants that left it (setsid) hear of the stop now.
-            _kill_pids([pid for pid in leftovers if _pgid(pid) != pgid], self.config.stop_signal)
+            escaped = [pid for pid in leftovers if pid > 0 and _pgid(pid) != pgid]
+            _kill_pids(escaped, self.config.stop_signal)
         deadline = kill_at
         for signum in (None, signal.SIGKILL):
             if signum is not None:
@@ -5230,11 +5277,11 @@ class Supervisor:
         problems = []
         for name, config in sorted(self.configs.items()):
             unit = self.units[name]
-            up = unit.state == State.RUNNING if config.is_target else unit.is_up()
-            # SPEC 8: "Running or Exited with success": a service that ended on its
-            # own with code 0 and rests counts; one stopped by hand does not.
+            # SPEC 8: "Running or Exited with success": a unit that ended on its own
+            # with code 0 and rests counts; one stopped by hand does not.
             clean = unit.state == State.EXITED and unit.exit_code == 0
-            up = up or (clean and not unit.stopped_by_request and unit._restart_at is None)
+            clean = clean and not unit.stopped_by_request and unit._restart_at is None
+            up = unit.state == State.RUNNING or (clean and not config.is_target)
             if config.status == "start" and not up:
                 problems.append({"name": name, "state": str(unit.state), "reason": unit.reason})
         for name, error in sorted(self.broken.items()):
@@ -5320,10 +5367,10 @@ class Supervisor:
     def _conflict_losers(self, closure: dict[str, str], named: set[str]) -> dict[str, str]:
         """Units of one start that conflict with another of it, each with the one it yields to.
 
-        Precedence: the named units; then units already running (a start does
-        not stop what is up for something it pulls in); then required before
-        merely wanted units; then first by name, as at boot.  A unit that
-        yields takes no further part.
+        Precedence: the named units; then what they require; then units
+        already running (a start does not stop what is up for something it
+        merely wants); then first by name, as at boot.  A unit that yields
+        takes no further part.
         """
         required = set(named)
         queue = collections.deque(named)
@@ -5337,7 +5384,7 @@ class Supervisor:
         def precedence(member: str) -> tuple[bool, bool, bool, str]:
             unit = self.units[member]
             running = unit.is_active() or unit.is_up()
-            return (member not in named, not running, member not in required, member)
+            return (member not in named, member not in required, not running, member)
 
         losers: dict[str, str] = {}
         for member in sorted(closure, key=precedence):

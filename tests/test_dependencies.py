@@ -413,6 +413,23 @@ def test_a_start_never_stops_a_running_requirement_for_a_wanted_rival(daemon):
     assert atool["reason"] == "not started: conflicts with 'zdb', which is running"
 
 
+def test_a_required_unit_wins_over_a_running_wanted_rival(daemon):
+    """a requires b and wants c; c runs and conflicts with b: starting a stops c, runs b."""
+    daemon.service("c", "sleep 1000", lifecycle=QUICK, dependencies='conflicts = ["b"]\n')
+    daemon.service("b", "sleep 1000", lifecycle=QUICK, service='status = "stop"\n')
+    daemon.service(
+        "a", "sleep 1000", lifecycle=QUICK, service='status = "stop"\n',
+        dependencies='requires = ["b"]\nwants = ["c"]\n',
+    )  # fmt: skip
+    daemon.start()
+    daemon.wait_state("c", "Running")
+    assert daemon.cli("start", "a").returncode == 0
+    daemon.wait_state("a", "Running")
+    assert daemon.status("b")["state"] == "Running"
+    c = daemon.wait_state("c", "Exited")
+    assert "conflicts" in c["reason"], c
+
+
 # -- undefined units ---------------------------------------------------------
 
 

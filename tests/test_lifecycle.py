@@ -542,11 +542,17 @@ def test_numeric_user_and_group(daemon):
     daemon.service("byuid", show, service=f'oneshot = true\nuser = "{nobody.pw_uid}"\n')
     daemon.service("bare", show, service='oneshot = true\nuser = "54321"\n')
     daemon.service("bare2", show, service='oneshot = true\nuser = "54321"\ngroup = "54322"\n')
+    env_show = "sh -c 'echo \"user=$USER logname=$LOGNAME home=$HOME\"'"
+    daemon.service("bare_env", env_show, service='oneshot = true\nuser = "54321"\n')
+    daemon.service("minus1", show, service='oneshot = true\nuser = "4294967295"\n')
     daemon.start()
+    minus1 = daemon.wait_state("minus1", "Failed")  # -1 to the kernel: "stay root"
+    assert minus1["reason"].startswith("spawn failed: user '4294967295' is not a valid uid")
     expected = {
         "byuid": f"uid={nobody.pw_uid} gid={nobody.pw_gid}",
         "bare": "uid=54321 gid=54321 groups=54321 ",
         "bare2": "uid=54321 gid=54322 groups=54322 ",
+        "bare_env": "user=54321 logname=54321 home=/",
     }
     for name, start in expected.items():
         unit = daemon.wait_state(name, "Exited", "Failed")

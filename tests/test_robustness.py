@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 
+import pytest
 from conftest import PYTHON, ZINIT_PY, pid_alive, wait_until
 
 import zinit
@@ -261,7 +262,10 @@ def test_a_daemon_started_after_a_kill_9_ends_the_services_left_unsupervised(dae
     daemon.start()
     old_pid = daemon.wait_state("worker", "Running")["pid"]
     killed = daemon.proc.pid
-    dead_root = os.path.join(zinit._own_cgroup_dir(), f"zinit-{killed}")  # the tests' cgroup
+    own = zinit._own_cgroup_dir()  # the tests' cgroup, where the daemons make theirs
+    if own is None:
+        pytest.skip("no cgroup v2 here: a daemon killed with -9 leaves nothing to find")
+    dead_root = os.path.join(own, f"zinit-{killed}")
     assert os.path.isdir(dead_root)
     try:
         daemon.proc.kill()
@@ -270,8 +274,8 @@ def test_a_daemon_started_after_a_kill_9_ends_the_services_left_unsupervised(dae
         daemon.start()
         new_pid = daemon.wait_state("worker", "Running")["pid"]
         assert new_pid != old_pid
+        # (Any daemon started in this cgroup meanwhile may be the one that does it.)
         wait_until(lambda: not pid_alive(old_pid), what="the orphan to be stopped")
-        assert f"zinit-server {killed} is gone and left 1 process(es)" in daemon.log()
-        assert not os.path.exists(dead_root)
+        wait_until(lambda: not os.path.exists(dead_root), what="the dead daemon's cgroup to go")
     finally:
         daemon._kill_leftovers(killed)
