@@ -399,13 +399,14 @@ def test_issue_2_stop_signal_is_sent_once(daemon):
     assert unit["exit_code"] == 0, unit
 
 
-def test_stop_signals_a_leftover_child_once_then_kills_it(daemon, tmp_path):
+@pytest.mark.parametrize("cgroups", [True, False], ids=["cgroup", "no-cgroup"])
+def test_stop_signals_a_leftover_child_once_then_kills_it(daemon, tmp_path, cgroups):
     """The stop signal reaches the whole tree once; what outlives the main process gets
     SIGKILL when the stop timeout runs out, not a second stop signal."""
     marks = tmp_path / "terms"
     child = f"(trap 'echo term >> {marks}' TERM; while :; do sleep 0.05; done) & echo ready; wait"
     daemon.service("tree", f"sh -c {shlex.quote(child)}", lifecycle=FAST_STOP)
-    daemon.start()
+    daemon.start(env=None if cgroups else {"ZINIT_CGROUP_ROOT": "/proc/zinit-no-cgroup-here"})
     daemon.wait_log("tree", "ready")
     result = daemon.cli("stop", "tree")
     assert result.returncode == 0, result.stderr
