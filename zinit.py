@@ -4343,6 +4343,7 @@ class Service:
         self.spawn_error: str | None = None  # why the last spawn failed
         self.start_error: str | None = None  # a spawn error while handling the last _Start
         self.stopped_by_request = False  # the last exit was a stop's doing
+        self.stop_requests = 0  # how many stops were asked of it, to spot one made meanwhile
         self._pending_config: UnitConfig | None = None
         self._probe_generation = 0
         self._probe: Any = None
@@ -4371,6 +4372,7 @@ class Service:
 
         done = gevent.event.Event()
         self.wanted = False
+        self.stop_requests += 1
         self.post(_Stop(reason, done))
         return done
 
@@ -5446,9 +5448,11 @@ class Supervisor:
             if d in self.units and (self.units[d].is_active() or self.units[d].is_up())
         ]  # a finished oneshot that requires it runs again
         self.stop_units({name}, "restarting")
+        stops = self._stop_counts(dependents)
         try:
             self.start(name, reason="restarted by request", by_hand=True)
         finally:  # even if it cannot spawn: they wait for it, Blocked, and say why
+            dependents = self._not_stopped_since(stops)
             if dependents:
                 self.start_many(dependents, reason=f"restarted with {name!r}")
 
@@ -5510,6 +5514,18 @@ class Supervisor:
             self._notify_all()
         return {"name": name, "path": path}
 
+    def _stop_counts(self, names: list[str]) -> dict[str, int]:
+        """How many stops each unit has been asked, before an operation yields."""
+        return {n: self.units[n].stop_requests for n in names if n in self.units}
+
+    def _not_stopped_since(self, counts: dict[str, int]) -> list[str]:
+        """Those of ``counts`` still defined and not stopped by anyone since (in order)."""
+        return [
+            n
+            for n, count in counts.items()
+            if n in self.units and self.units[n].stop_requests == count
+        ]
+
     def _waiting_for(self, names: list[str]) -> list[str]:
         """The wanted units that require one of ``names`` (just defined), to be started again."""
         return sorted(
@@ -5531,8 +5547,10 @@ class Supervisor:
                     if self.units[d].is_active()
                 )
                 self.stop_units({name}, "removed")
+                stops = self._stop_counts(orphaned)
                 self._forget(name)
                 self._rebuild_graph()
+                orphaned = self._not_stopped_since(stops)
                 if orphaned and not self.shutting_down:
                     # They stay wanted: Blocked until the unit is added again.
                     self.start_many(orphaned, reason=f"{name!r} was removed")
@@ -5585,6 +5603,7 @@ class Supervisor:
                 self.stop_units(set(removed), "removed from the config directory")
             if restarting:
                 self.stop_units(set(restarting), "config changed")
+            stops = self._stop_counts(dependents + orphaned)
             for name in removed:
                 self._forget(name)
             for name in changed:
@@ -5597,7 +5616,7 @@ class Supervisor:
             for name, unit in self.units.items():
                 unit.config_error = errors.get(name)
             self._rebuild_graph()
-            to_start = restarting + [d for d in dependents + orphaned if d in self.units]
+            to_start = restarting + self._not_stopped_since(stops)
             to_start += self._waiting_for(added)
             to_start += [n for n in added if new[n].status == "start"]
             # Newly status=start, or Failed on the old config: a fixed file is

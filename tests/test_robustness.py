@@ -209,6 +209,19 @@ def test_a_config_dir_that_is_missing_or_a_file_is_named_and_the_daemon_serves(d
     )
 
 
+def run_probe(script: str, config) -> str:
+    """Run a script that drives a Supervisor in its own process; return its stdout."""
+    result = subprocess.run(
+        [PYTHON, "-c", script, str(config), str(ZINIT_PY.rsplit("/", 1)[0])],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 LEAK_PROBE = """
 import os, sys
 import gevent.event
@@ -243,15 +256,7 @@ def test_pipe_fds_are_closed_when_a_unit_quits_before_its_readers_run(tmp_path):
     config = tmp_path / "services"
     config.mkdir()
     (config / "x.toml").write_text('[service]\nexec = "sleep 1000"\n')
-    result = subprocess.run(
-        [PYTHON, "-c", LEAK_PROBE, str(config), str(ZINIT_PY.rsplit("/", 1)[0])],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    before, after = map(int, result.stdout.split())
+    before, after = map(int, run_probe(LEAK_PROBE, config).split())
     assert after == before, f"{after - before} fds leaked over 20 start-then-quit rounds"
 
 
@@ -279,3 +284,48 @@ def test_a_daemon_started_after_a_kill_9_ends_the_services_left_unsupervised(dae
         wait_until(lambda: not os.path.exists(dead_root), what="the dead daemon's cgroup to go")
     finally:
         daemon._kill_leftovers(killed)
+
+
+RACE_PROBE = """
+import sys
+import gevent
+sys.path.insert(0, sys.argv[2])
+import zinit
+
+runtime = zinit._Runtime()
+supervisor = zinit.Supervisor(runtime, [(sys.argv[1], None)], write_dir=sys.argv[1])
+supervisor.load()
+try:
+    supervisor.boot()
+    web = supervisor.units["web"]
+    while web.state != zinit.State.RUNNING:
+        gevent.sleep(0.01)
+    removal = gevent.spawn(supervisor.remove_service, "db")
+    # The operator's stop lands while the removal is still at work, after its
+    # cascade: db is out of the registry, its greenlet not yet gone.
+    while "db" in supervisor.units:
+        gevent.sleep(0)
+    assert not removal.dead and web.state in zinit.AT_REST
+    supervisor.stop("web")
+    removal.get()
+    gevent.sleep(0.2)
+    print(web.state, web.wanted)
+finally:
+    supervisor.shutdown()  # ends the sleeps it started, whatever happened
+"""
+
+
+def test_a_stop_made_during_a_removal_is_not_undone(tmp_path):
+    """remove-service db re-blocks web, which requires db; an operator's `stop web` made
+    meanwhile wins: web stays stopped, not Blocked waiting for db.
+
+    The window cannot be timed through the socket, so a script drives a Supervisor
+    directly, in its own process.
+    """
+    config = tmp_path / "services"
+    config.mkdir()
+    (config / "db.toml").write_text('[service]\nexec = "sleep 1000"\n')
+    (config / "web.toml").write_text(
+        '[service]\nexec = "sleep 1000"\n[dependencies]\nrequires = ["db"]\n'
+    )
+    assert run_probe(RACE_PROBE, config).split() == ["Exited", "False"]
