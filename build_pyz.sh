@@ -85,8 +85,12 @@ out = sys.argv[1]
 ENTRY = b"""\
 # zinit.pyz entry: the server goes through shiv's bootstrap (which unpacks
 # gevent and psutil); every other program runs straight from this archive.
+import os
 import sys
 
+if sys.version_info < (3, 11):
+    sys.stderr.write("zinit: needs Python 3.11 or later; this is %d.%d\\n" % sys.version_info[:2])
+    sys.exit(1)
 packages = sys.path[0] + "/site-packages"
 sys.path.insert(0, packages)
 import zinit
@@ -94,6 +98,19 @@ import zinit
 if zinit._program(sys.argv)[0] != "server":
     sys.exit(zinit.main())
 sys.path.remove(packages)  # the unpacked copy holds what zipimport cannot load
+# Where shiv unpacks; say so in one line rather than let its lock fail in a traceback.
+root = os.path.expanduser(os.environ.get("SHIV_ROOT") or "~/.shiv")
+try:
+    os.makedirs(root, exist_ok=True)
+    problem = None if os.access(root, os.W_OK | os.X_OK) else "not writable"
+except OSError as error:
+    problem = error.strerror
+if problem:
+    sys.stderr.write(
+        "zinit-server: cannot unpack gevent and psutil into %s (%s); set SHIV_ROOT to a "
+        "writable, exec-allowed directory\\n" % (root, problem)
+    )
+    sys.exit(1)
 import _bootstrap
 
 _bootstrap.bootstrap()

@@ -1636,16 +1636,22 @@ class ZinitClient(_Calls):
 class AsyncZinitClient(_Calls):
     """The asyncio twin of ZinitClient: every call is a coroutine.
 
+    Calls made concurrently on one client (``asyncio.gather``) take turns on
+    its connection; open one client per task to run them side by side.
+
     >>> client = await AsyncZinitClient.connect_unix()
     >>> await client.status("web")
     """
 
     def __init__(self, reader: Any, writer: Any, path: str = "") -> None:
+        import asyncio
+
         self.path = path
         self._reader = reader
         self._writer = writer
         self._ids = itertools.count(1)
         self._notifications: collections.deque[dict[str, Any]] = collections.deque()
+        self._turn = asyncio.Lock()  # one request in flight on the connection
 
     @classmethod
     async def connect_unix(cls, path: str | None = None) -> AsyncZinitClient:
@@ -1672,23 +1678,32 @@ class AsyncZinitClient(_Calls):
         await self.close()
 
     async def _read_message(self) -> dict[str, Any]:
-        line = await self._reader.readline()
+        try:
+            line = await self._reader.readline()
+        except (ConnectionError, OSError) as error:
+            raise DaemonUnavailable(self.path, str(error) or type(error).__name__) from None
         if not line:
             raise DaemonUnavailable(self.path, "the daemon closed the connection")
         return json.loads(line)
 
     async def call(self, method: str, params: dict[str, Any] | list[Any] | None = None) -> Any:
+        """Send one request and return its result; raises ZinitError on error replies."""
         request_id = next(self._ids)
-        self._writer.write(_request_frame(request_id, method, params))
-        await self._writer.drain()
-        while True:
-            message = await self._read_message()
-            if "id" not in message:
-                self._notifications.append(message)
-            elif _answers(message, request_id):
-                if "error" in message:
-                    raise _error_from_reply(message["error"])
-                return message.get("result")
+        frame = _request_frame(request_id, method, params)
+        async with self._turn:
+            try:
+                self._writer.write(frame)
+                await self._writer.drain()
+            except (ConnectionError, OSError) as error:
+                raise DaemonUnavailable(self.path, str(error) or type(error).__name__) from None
+            while True:
+                message = await self._read_message()
+                if "id" not in message:
+                    self._notifications.append(message)
+                elif _answers(message, request_id):
+                    if "error" in message:
+                        raise _error_from_reply(message["error"])
+                    return message.get("result")
 
     def _call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         if params is not None:
@@ -6727,11 +6742,13 @@ def _serve(
     try:
         runtime = _Runtime()
     except ImportError as error:
-        print(
-            f"zinit-server: cannot load gevent ({error}); a zinit.pyz runs only on the Python "
-            f"version it was built for, and this is Python {sys.version_info[0]}.{sys.version_info[1]}",
-            file=sys.stderr,
-        )
+        if "failed to map segment" in str(error):  # the loader's words for a noexec mount
+            why = "its unpacked C extensions may not be executed there (mounted noexec?); "
+            why += "set SHIV_ROOT to an exec-allowed directory"
+        else:
+            version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+            why = f"a zinit.pyz runs only on the Python version it was built for; this is {version}"
+        print(f"zinit-server: cannot load gevent ({error}); {why}", file=sys.stderr)
         return 1
     writer.coalesce(runtime.loop.run_callback_threadsafe)
     import gevent
@@ -7152,10 +7169,23 @@ def _install(args: list[str]) -> int:
             file=sys.stderr,
         )
         return 1
-    os.makedirs(options.directory, exist_ok=True)
-    for name in ("zinit", "zinit-server", "zinit-pid1"):
-        link = os.path.join(options.directory, name)
-        if os.path.realpath(link) == target and os.path.islink(link):
+    try:
+        os.makedirs(options.directory, exist_ok=True)
+    except OSError as error:
+        print(f"zinit install: {options.directory}: {error.strerror}", file=sys.stderr)
+        return 1
+    links = [os.path.join(options.directory, n) for n in ("zinit", "zinit-server", "zinit-pid1")]
+    # Links (an older zinit's) are replaced; a real file there is someone's program.
+    taken = [link for link in links if os.path.lexists(link) and not os.path.islink(link)]
+    if taken:
+        print(
+            f"zinit install: {', '.join(taken)} exists and is not a link; "
+            "remove it or choose another directory",
+            file=sys.stderr,
+        )
+        return 1
+    for link in links:
+        if os.path.realpath(link) == target:
             continue
         if os.path.lexists(link):
             os.unlink(link)

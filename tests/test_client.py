@@ -371,6 +371,20 @@ def test_an_error_the_daemon_cannot_tie_to_an_id_reaches_the_caller(running):
         assert caught.value.code == -32600
 
 
+def test_async_client_takes_concurrent_calls_in_turn(running):
+    """asyncio.gather on one AsyncZinitClient: each call gets its own answer."""
+
+    async def scenario() -> list[str]:
+        client = await zinit.AsyncZinitClient.connect_unix(running.socket)
+        try:
+            units = await asyncio.gather(*(client.status(n) for n in ("sleeper", "job", "idle")))
+        finally:
+            await client.close()
+        return [unit["name"] for unit in units]
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 60)) == ["sleeper", "job", "idle"]
+
+
 def test_daemon_unavailable(tmp_path):
     """No daemon at the socket: DaemonUnavailable, a ZinitError naming the path."""
     path = str(tmp_path / "nothing.sock")

@@ -6,6 +6,7 @@ once per module.  Extraction goes to a private SHIV_ROOT.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import pathlib
@@ -157,3 +158,51 @@ def test_pyz_pid1_runs_from_the_archive_and_starts_the_server_through_it(lone_py
             except subprocess.TimeoutExpired:
                 shim.kill()
                 shim.wait(30)
+
+
+def _older_python() -> str | None:
+    """A Python before 3.11 that runs here (pyenv keeps several), or None."""
+    candidates = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.*/bin/python3.*")))
+    candidates += [shutil.which(f"python3.{minor}") or "" for minor in (10, 9, 8)]
+    for candidate in candidates:
+        if not candidate or candidate.endswith("-config"):
+            continue
+        probe = _run(candidate, "-c", "import sys; print(sys.version_info[:2] < (3, 11))")
+        if probe.returncode == 0 and probe.stdout.strip() == "True":
+            return candidate
+    return None
+
+
+def test_pyz_says_in_one_line_what_cannot_run(lone_pyz, tmp_path):
+    """An old Python, an unusable unpack directory and a taken install directory each get
+    one line on stderr and exit 1, not a traceback."""
+    older = _older_python()
+    if older is not None:
+        result = _run(older, str(lone_pyz), "--version")
+        assert result.returncode == 1, result
+        assert result.stderr.startswith("zinit: needs Python 3.11 or later; this is 3."), result
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    env = dict(os.environ, SHIV_ROOT=str(blocker / "shiv"))
+    server = subprocess.run(
+        [PYTHON, str(lone_pyz), "server", "--socket", str(tmp_path / "s.sock")],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert server.returncode == 1, server
+    assert server.stderr == (
+        f"zinit-server: cannot unpack gevent and psutil into {blocker}/shiv (Not a directory); "
+        "set SHIV_ROOT to a writable, exec-allowed directory\n"
+    )
+
+    installed = _run(PYTHON, str(lone_pyz), "install", str(blocker))
+    assert installed.returncode == 1 and len(installed.stderr.splitlines()) == 1, installed
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "zinit").write_text("#!/bin/sh\necho another zinit\n")
+    installed = _run(PYTHON, str(lone_pyz), "install", str(bin_dir))
+    assert installed.returncode == 1, installed
+    assert "exists and is not a link" in installed.stderr
+    assert (bin_dir / "zinit").read_text() == "#!/bin/sh\necho another zinit\n"
+    assert not (bin_dir / "zinit-server").exists()
