@@ -98,21 +98,26 @@ import zinit
 if zinit._program(sys.argv)[0] != "server":
     sys.exit(zinit.main())
 sys.path.remove(packages)  # the unpacked copy holds what zipimport cannot load
-# Where shiv unpacks; say so in one line rather than let its lock fail in a traceback.
-root = os.path.expanduser(os.environ.get("SHIV_ROOT") or "~/.shiv")
-try:
-    os.makedirs(root, exist_ok=True)
-    problem = None if os.access(root, os.W_OK | os.X_OK) else "not writable"
-except OSError as error:
-    problem = error.strerror
-if problem:
-    sys.stderr.write(
-        "zinit-server: cannot unpack gevent and psutil into %s (%s); set SHIV_ROOT to a "
-        "writable, exec-allowed directory\\n" % (root, problem)
-    )
-    sys.exit(1)
 import _bootstrap
+from _bootstrap.environment import Environment
 
+# Where shiv unpacks (its own reckoning: SHIV_ROOT, $VAR, the build's root, ~/.shiv).
+# Not unpacked yet and no way to: one line, rather than its lock failing in a traceback.
+with _bootstrap.current_zipfile() as archive:
+    environment = Environment.from_json(archive.read("environment.json").decode())
+    target = _bootstrap.cache_path(archive, environment.root, environment.build_id)
+if not (target / "site-packages").exists():
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        problem = None if os.access(target.parent, os.W_OK | os.X_OK) else "not writable"
+    except OSError as error:
+        problem = error.strerror
+    if problem:
+        sys.stderr.write(
+            "zinit-server: cannot unpack gevent and psutil into %s (%s); set SHIV_ROOT to a "
+            "writable, exec-allowed directory\\n" % (target.parent, problem)
+        )
+        sys.exit(1)
 _bootstrap.bootstrap()
 """
 with open(out, "rb") as stream:

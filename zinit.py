@@ -4358,7 +4358,7 @@ class Service:
         self.spawn_error: str | None = None  # why the last spawn failed
         self.start_error: str | None = None  # a spawn error while handling the last _Start
         self.stopped_by_request = False  # the last exit was a stop's doing
-        self.stop_requests = 0  # how many stops were asked of it, to spot one made meanwhile
+        self.stop_requests = 0  # stops asked of it, not by a cascade: to spot one made meanwhile
         self._pending_config: UnitConfig | None = None
         self._probe_generation = 0
         self._probe: Any = None
@@ -4381,13 +4381,17 @@ class Service:
         self.post(_Start(reason, by_hand, handled))
         return handled
 
-    def request_stop(self, reason: str) -> Any:
-        """Ask the unit to stop; returns an Event set once it is at rest."""
+    def request_stop(self, reason: str, *, cascade: bool = False) -> Any:
+        """Ask the unit to stop; returns an Event set once it is at rest.
+
+        A stop that only follows from another unit's (``cascade``) is not
+        counted in ``stop_requests``.
+        """
         import gevent.event
 
         done = gevent.event.Event()
         self.wanted = False
-        self.stop_requests += 1
+        self.stop_requests += not cascade
         self.post(_Stop(reason, done))
         return done
 
@@ -5442,7 +5446,7 @@ class Supervisor:
                     why = f"stopped because it requires {via}, which is stopping ({reason})"
                 unit = self.units.get(name)  # it may have been removed meanwhile
                 if unit is not None:
-                    unit.request_stop(why).wait()
+                    unit.request_stop(why, cascade=name not in names).wait()
             finally:
                 done[name].set()
 
@@ -5462,8 +5466,8 @@ class Supervisor:
             for d in sorted(requiring_closure([name], self.configs) - {name})
             if d in self.units and (self.units[d].is_active() or self.units[d].is_up())
         ]  # a finished oneshot that requires it runs again
-        self.stop_units({name}, "restarting")
         stops = self._stop_counts(dependents)
+        self.stop_units({name}, "restarting")
         try:
             self.start(name, reason="restarted by request", by_hand=True)
         finally:  # even if it cannot spawn: they wait for it, Blocked, and say why
@@ -5530,7 +5534,7 @@ class Supervisor:
         return {"name": name, "path": path}
 
     def _stop_counts(self, names: list[str]) -> dict[str, int]:
-        """How many stops each unit has been asked, before an operation yields."""
+        """How many stops (not cascades) each unit has been asked, before an operation yields."""
         return {n: self.units[n].stop_requests for n in names if n in self.units}
 
     def _not_stopped_since(self, counts: dict[str, int]) -> list[str]:
@@ -5561,8 +5565,8 @@ class Supervisor:
                     for d in requiring_closure([name], self.configs) - {name}
                     if self.units[d].is_active()
                 )
-                self.stop_units({name}, "removed")
                 stops = self._stop_counts(orphaned)
+                self.stop_units({name}, "removed")
                 self._forget(name)
                 self._rebuild_graph()
                 orphaned = self._not_stopped_since(stops)
@@ -5614,11 +5618,11 @@ class Supervisor:
                 for d in requiring_closure(removed, old) - set(removed)
                 if d in self.units and self.units[d].is_active()
             )
+            stops = self._stop_counts(dependents + orphaned)
             if removed:
                 self.stop_units(set(removed), "removed from the config directory")
             if restarting:
                 self.stop_units(set(restarting), "config changed")
-            stops = self._stop_counts(dependents + orphaned)
             for name in removed:
                 self._forget(name)
             for name in changed:
@@ -7176,7 +7180,11 @@ def _install(args: list[str]) -> int:
         return 1
     links = [os.path.join(options.directory, n) for n in ("zinit", "zinit-server", "zinit-pid1")]
     # Links (an older zinit's) are replaced; a real file there is someone's program.
-    taken = [link for link in links if os.path.lexists(link) and not os.path.islink(link)]
+    taken = [
+        link
+        for link in links
+        if os.path.lexists(link) and not os.path.islink(link) and os.path.realpath(link) != target
+    ]
     if taken:
         print(
             f"zinit install: {', '.join(taken)} exists and is not a link; "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -209,10 +210,10 @@ def test_a_config_dir_that_is_missing_or_a_file_is_named_and_the_daemon_serves(d
     )
 
 
-def run_probe(script: str, config) -> str:
+def run_probe(script: str, config, *args: str) -> str:
     """Run a script that drives a Supervisor in its own process; return its stdout."""
     result = subprocess.run(
-        [PYTHON, "-c", script, str(config), str(ZINIT_PY.rsplit("/", 1)[0])],
+        [PYTHON, "-c", script, str(config), str(ZINIT_PY.rsplit("/", 1)[0]), *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -297,14 +298,18 @@ supervisor = zinit.Supervisor(runtime, [(sys.argv[1], None)], write_dir=sys.argv
 supervisor.load()
 try:
     supervisor.boot()
-    web = supervisor.units["web"]
+    web, db = supervisor.units["web"], supervisor.units["db"]
     while web.state != zinit.State.RUNNING:
         gevent.sleep(0.01)
     removal = gevent.spawn(supervisor.remove_service, "db")
-    # The operator's stop lands while the removal is still at work, after its
-    # cascade: db is out of the registry, its greenlet not yet gone.
-    while "db" in supervisor.units:
-        gevent.sleep(0)
+    # The operator's stop lands while the removal is still at work: while db
+    # takes its time to stop, or after, once db is out of the registry.
+    if sys.argv[3] == "while-db-stops":
+        while not (web.state in zinit.AT_REST and db.state == zinit.State.STOPPING):
+            gevent.sleep(0.01)
+    else:
+        while "db" in supervisor.units:
+            gevent.sleep(0)
     assert not removal.dead and web.state in zinit.AT_REST
     supervisor.stop("web")
     removal.get()
@@ -315,7 +320,8 @@ finally:
 """
 
 
-def test_a_stop_made_during_a_removal_is_not_undone(tmp_path):
+@pytest.mark.parametrize("moment", ["while-db-stops", "after-db-stopped"])
+def test_a_stop_made_during_a_removal_is_not_undone(tmp_path, moment):
     """remove-service db re-blocks web, which requires db; an operator's `stop web` made
     meanwhile wins: web stays stopped, not Blocked waiting for db.
 
@@ -324,8 +330,11 @@ def test_a_stop_made_during_a_removal_is_not_undone(tmp_path):
     """
     config = tmp_path / "services"
     config.mkdir()
-    (config / "db.toml").write_text('[service]\nexec = "sleep 1000"\n')
+    slow_stop = "trap 'sleep 1; exit 0' TERM; while :; do sleep 0.05; done"
+    (config / "db.toml").write_text(
+        f"[service]\nexec = {json.dumps(f'sh -c {shlex.quote(slow_stop)}')}\n"
+    )
     (config / "web.toml").write_text(
         '[service]\nexec = "sleep 1000"\n[dependencies]\nrequires = ["db"]\n'
     )
-    assert run_probe(RACE_PROBE, config).split() == ["Exited", "False"]
+    assert run_probe(RACE_PROBE, config, moment).split() == ["Exited", "False"]
