@@ -3819,16 +3819,41 @@ class _Cgroups:
             )
             for signum in (signal.SIGTERM, signal.SIGKILL):
                 _kill_pids(left, signum)
-                deadline = time.monotonic() + _ORPHAN_STOP_S
-                while time.monotonic() < deadline:
-                    left = [pid for d in stale for pid in _Cgroups.pids(d)]
-                    if not left:
-                        break
-                    time.sleep(0.02)
-                if not left:
+                if _Cgroups._wait_emptied(list(stale), _ORPHAN_STOP_S):
                     break
+                left = [pid for d in stale for pid in _Cgroups.pids(d)]
         for directory in stale:
             _Cgroups.remove_tree(directory)
+
+    @staticmethod
+    def _wait_emptied(directories: list[str], limit_s: float) -> bool:
+        """Wait until no process is left in ``directories`` (or below); False after ``limit_s``.
+
+        Blocks the caller (start-up only).  cgroup.events wakes poll(2) with
+        POLLPRI when its "populated" line changes, so this sleeps until then.
+        """
+        import select
+
+        deadline = time.monotonic() + limit_s
+        fds = []
+        try:
+            for directory in directories:
+                try:
+                    fds.append(os.open(os.path.join(directory, "cgroup.events"), os.O_RDONLY))
+                except OSError:
+                    continue  # gone already
+            poller = select.poll()
+            for fd in fds:
+                poller.register(fd, select.POLLPRI)
+            while True:
+                busy = any(b"populated 1" in os.pread(fd, 4096, 0) for fd in fds)
+                remaining = deadline - time.monotonic()
+                if not busy or remaining <= 0:
+                    return not busy
+                poller.poll(remaining * 1000)
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def leaf(self, name: str) -> str | None:
         if self.root is None:
