@@ -7042,7 +7042,7 @@ class _Pid1:
             else:
                 self.action = "reboot" if signum == signal.SIGINT else "poweroff"
             _pid1_say(f"{signal_name(signum)}: ordered shutdown, then {self.action}")
-            self.forward(signal.SIGTERM)
+            self.forward(signum)  # both shut the server down; its log then names the signal
         else:
             self.forward(signum)
 

@@ -265,6 +265,7 @@ def test_issue_4_vm_mode_shuts_down_then_names_the_action(shim, signum, action):
     log = instance.log()
     assert log.index("userd: Stopping -> Exited") < log.index("sysd: Running -> Stopping")
     assert f"would {action} now" in log
+    assert f"shutting down (shutdown on {signal.Signals(signum).name})" in log
 
 
 def test_issue_4_poweroff_command_reaches_the_shim(shim):
