@@ -900,6 +900,11 @@ def load_config_dirs(
             path = os.path.join(directory, entry)
             name = entry.removesuffix(".toml")
             if not os.path.isfile(path):
+                # Hidden entries are editors' (emacs locks are dangling links);
+                # anything else is a unit that will not load, so say why.
+                if not entry.startswith("."):
+                    why = "a link to nothing" if os.path.islink(path) else "not a regular file"
+                    errors.setdefault(name, ConfigError(path, f"{why}: no unit loaded from it"))
                 continue
             earlier = units.get(name) or proxies.get(name) or errors.get(name)
             if earlier is not None:
@@ -4536,8 +4541,9 @@ class Service:
         entry = {"time": time.time(), "from": str(old), "to": str(new), "reason": reason}
         if old != new:
             self.history.append(entry)
-        if old != new:
-            _log().info("%s: %s -> %s (%s)", self.name, old, new, reason)
+            # A failure is what an operator running at level warn wants to see.
+            log = _log().warning if new == State.FAILED else _log().info
+            log("%s: %s -> %s (%s)", self.name, old, new, reason)
         else:
             _log().debug("%s: %s (%s)", self.name, new, reason)
         self.supervisor.on_transition(self, {"unit": self.name, **entry})
@@ -6312,7 +6318,9 @@ class _RpcServer:
             try:
                 gid = grp.getgrnam(self.group).gr_gid
             except KeyError:
-                raise ZinitError(f"--socket-group: no group named {self.group!r}") from None
+                if not self.group.isdigit():
+                    raise ZinitError(f"--socket-group: no group named {self.group!r}") from None
+                gid = int(self.group)  # a bare gid, as for a unit's group
         listener = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)  # no window in which the socket is wider than 0600
         try:
@@ -6774,6 +6782,10 @@ def _serve(
         if "failed to map segment" in str(error):  # the loader's words for a noexec mount
             why = "its unpacked C extensions may not be executed there (mounted noexec?); "
             why += "set SHIV_ROOT to an exec-allowed directory"
+        elif getattr(__loader__, "archive", None) is None:  # not a .pyz: an install or a copy
+            why = (
+                f"install the daemon's dependencies for {sys.executable}: pip install gevent psutil"
+            )
         else:
             version = f"{sys.version_info[0]}.{sys.version_info[1]}"
             why = f"a zinit.pyz runs only on the Python version it was built for; this is {version}"

@@ -607,6 +607,21 @@ def test_validate_reports_every_problem_with_file_and_line(tmp_path):
     ]
 
 
+def test_validate_names_toml_entries_that_are_no_files(tmp_path):
+    """A dangling link or a directory named *.toml is an error; an editor's hidden lock is not."""
+    (tmp_path / "ok.toml").write_text('[service]\nexec = "sleep 1"\n')
+    (tmp_path / "gone.toml").symlink_to(tmp_path / "nowhere.toml")
+    (tmp_path / "dir.toml").mkdir()
+    (tmp_path / ".#ok.toml").symlink_to("root@host.1234:0")  # how emacs marks a file it edits
+    result = _validate(tmp_path)
+    assert result.returncode == 1, result
+    assert result.stdout.splitlines() == [
+        f"error: {tmp_path}/dir.toml: not a regular file: no unit loaded from it",
+        f"error: {tmp_path}/gone.toml: a link to nothing: no unit loaded from it",
+        f"{tmp_path}: 1 unit(s), 2 error(s)",
+    ]
+
+
 def test_validate_a_good_directory():
     result = _validate(ROOT / "examples")
     assert result.returncode == 0, result

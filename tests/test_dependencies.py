@@ -13,7 +13,7 @@ from conftest import pid_alive, wait_until
 # Short timeouts so that stops and restarts are quick.
 QUICK = 'restart = "never"\nstop_timeout_ms = 2000\n'
 RESTARTING = 'restart = "always"\nrestart_delay_ms = 100\nstop_timeout_ms = 2000\n'
-TRANSITION = re.compile(r" zinit INFO (\S+): (\w+) -> (\w+) \(", re.MULTILINE)
+TRANSITION = re.compile(r" zinit (?:INFO|WARNING) (\S+): (\w+) -> (\w+) \(", re.MULTILINE)
 
 
 def transitions(daemon):

@@ -338,3 +338,26 @@ def test_a_stop_made_during_a_removal_is_not_undone(tmp_path, moment):
         '[service]\nexec = "sleep 1000"\n[dependencies]\nrequires = ["db"]\n'
     )
     assert run_probe(RACE_PROBE, config, moment).split() == ["Exited", "False"]
+
+
+def test_the_daemon_without_its_dependencies_says_what_to_install(tmp_path):
+    """Run from source by an interpreter without gevent: one line naming the fix."""
+    result = subprocess.run(
+        [PYTHON, "-S", ZINIT_PY, "server", "--socket", str(tmp_path / "s.sock"),
+         "--config-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result
+    assert result.stderr.startswith("zinit-server: cannot load gevent (No module named 'gevent')")
+    assert result.stderr.rstrip().endswith(": pip install gevent psutil"), result.stderr
+
+
+def test_failures_are_logged_as_warnings_and_a_numeric_socket_group_works(daemon):
+    """At ZINIT_LOG_LEVEL=warn the daemon's log still shows a unit going Failed; a bare gid
+    is taken for --socket-group."""
+    daemon.service("nobin", "/nonexistent/zinit-typo")
+    daemon.start("--socket-group", "1", env={"ZINIT_LOG_LEVEL": "warn"})
+    daemon.wait_state("nobin", "Failed")
+    wait_until(lambda: "WARNING nobin: Inactive -> Failed (spawn failed" in daemon.log())
+    info = os.stat(daemon.socket)
+    assert (info.st_gid, info.st_mode & 0o777) == (1, 0o660)
