@@ -1847,10 +1847,10 @@ def _print_event(out: _Output, event: dict[str, Any]) -> None:
     )
 
 
-#: Control characters but tab, as visible escapes (C0, DEL and C1).
-_TERMINAL_SAFE = {
-    code: f"\\x{code:02x}" for code in [*range(0x20), *range(0x7F, 0xA0)] if code != 0x09
-}
+@functools.cache
+def _terminal_safe() -> dict[int, str]:
+    """Control characters but tab, as visible escapes (C0, DEL and C1): a translate table."""
+    return {code: f"\\x{code:02x}" for code in [*range(0x20), *range(0x7F, 0xA0)] if code != 0x09}
 
 
 def _print_log(out: _Output, entry: dict[str, Any], with_unit: bool) -> None:
@@ -1864,7 +1864,7 @@ def _print_log(out: _Output, entry: dict[str, Any], with_unit: bool) -> None:
     if out.terminal:
         # A service's output must not drive the operator's terminal (escape
         # sequences can retitle, recolour or rewrite it): show controls as \xNN.
-        line = line.translate(_TERMINAL_SAFE)
+        line = line.translate(_terminal_safe())
     out.line(f"{_format_time(entry['time'])} {prefix}{marker} {line}")
 
 
@@ -5492,11 +5492,8 @@ class Supervisor:
         self.unit(name)
         if self.configs[name].status == "ignore":
             raise UnitStateError(f"{name!r} has status=ignore: zinit never starts it")
-        dependents = [
-            d
-            for d in sorted(requiring_closure([name], self.configs) - {name})
-            if d in self.units and (self.units[d].is_active() or self.units[d].is_up())
-        ]  # a finished oneshot that requires it runs again
+        # A finished oneshot that requires it runs again too.
+        dependents = self._requirers([name], lambda u: u.is_active() or u.is_up())
         stops = self._stop_counts(dependents)
         self.stop_units({name}, "restarting")
         try:
@@ -5576,13 +5573,22 @@ class Supervisor:
             if n in self.units and self.units[n].stop_requests == count
         ]
 
+    def _requirers(
+        self,
+        names: list[str],
+        which: Callable[[Service], bool],
+        configs: dict[str, UnitConfig] | None = None,
+    ) -> list[str]:
+        """The units that require one of ``names`` (transitively) and pass ``which``, by name.
+
+        ``configs`` gives the graph to follow (a reload asks about the old one).
+        """
+        closure = requiring_closure(names, self.configs if configs is None else configs)
+        return sorted(d for d in closure - set(names) if d in self.units and which(self.units[d]))
+
     def _waiting_for(self, names: list[str]) -> list[str]:
         """The wanted units that require one of ``names`` (just defined), to be started again."""
-        return sorted(
-            d
-            for d in requiring_closure(names, self.configs) - set(names)
-            if d in self.units and self.units[d].wanted and not self.units[d].is_up()
-        )
+        return self._requirers(names, lambda u: u.wanted and not u.is_up())
 
     def remove_service(self, name: str) -> dict[str, Any]:
         with self._config_lock:
@@ -5591,11 +5597,7 @@ class Supervisor:
             else:
                 self.unit(name)
                 path = self.configs[name].path
-                orphaned = sorted(
-                    d
-                    for d in requiring_closure([name], self.configs) - {name}
-                    if self.units[d].is_active()
-                )
+                orphaned = self._requirers([name], Service.is_active)
                 stops = self._stop_counts(orphaned)
                 self.stop_units({name}, "removed")
                 self._forget(name)
@@ -5637,18 +5639,10 @@ class Supervisor:
             changed = sorted(n for n in new if n in old and new[n] != old[n])
             unchanged = sorted(n for n in new if n in old and new[n] == old[n])
             restarting = [n for n in changed if self.units[n].is_active()]
-            dependents = sorted(
-                d
-                for d in requiring_closure(restarting, old) - set(restarting)
-                if d in self.units and (self.units[d].is_active() or self.units[d].is_up())
-            )
+            dependents = self._requirers(restarting, lambda u: u.is_active() or u.is_up(), old)
             # Units that need a removed one stop with it, but stay wanted: Blocked
             # until it comes back (SPEC 5, "requires an undefined unit").
-            orphaned = sorted(
-                d
-                for d in requiring_closure(removed, old) - set(removed)
-                if d in self.units and self.units[d].is_active()
-            )
+            orphaned = self._requirers(removed, Service.is_active, old)
             stops = self._stop_counts(dependents + orphaned)
             if removed:
                 self.stop_units(set(removed), "removed from the config directory")
@@ -7070,16 +7064,13 @@ class _Pid1:
     def kill_orphans(self, server_pid: int) -> None:
         """End the services a crashed server left behind (tagged with its pid)."""
         _Cgroups.kill_all(self.cgroup_root)
-        tag = f"ZINIT_SERVER_PID={server_pid}".encode()
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as stream:
-                    if tag in stream.read().split(b"\0"):
-                        os.kill(int(entry), signal.SIGKILL)
-            except OSError:
-                continue
+        namespace = os.readlink("/proc/self/ns/pid")
+        tagged = [
+            int(entry)
+            for entry in os.listdir("/proc")
+            if entry.isdigit() and _is_tagged_by(int(entry), str(server_pid), namespace)
+        ]
+        _kill_pids(tagged, signal.SIGKILL)
 
     def sweep(self) -> None:
         """As PID 1 of a namespace: end every process left, then reap them."""

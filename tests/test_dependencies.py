@@ -41,6 +41,11 @@ def first(events, unit, new, old=None):
     raise AssertionError(f"no {unit}: {old or '*'} -> {new} in {events}")
 
 
+def every(events, unit, new):
+    """Indexes of every transition of ``unit`` into ``new``, in order."""
+    return [index for index, (name, _, to) in enumerate(events) if name == unit and to == new]
+
+
 def gated(daemon, name, flag):
     """A service that stays Starting until ``flag`` exists (an exec health check)."""
     return daemon.service(
@@ -210,9 +215,7 @@ def test_restart_runs_again_a_finished_oneshot_that_requires_it(daemon, tmp_path
     wait_until(lambda: runs.read_text() == "run\nrun\n", what="mig's second run")
     daemon.wait_state("app", "Running")
     events = transitions(daemon)
-    second_run = [i for i, e in enumerate(events) if e[0] == "mig" and e[2] == "Exited"][1]
-    last_app_start = max(i for i, e in enumerate(events) if e[0] == "app" and e[2] == "Running")
-    assert second_run < last_app_start
+    assert every(events, "mig", "Exited")[1] < every(events, "app", "Running")[-1]
 
 
 # -- after -------------------------------------------------------------------
@@ -304,12 +307,11 @@ def test_after_orders_a_restart_cascade(daemon):
     daemon.wait_state("late", "Running")
     assert daemon.cli("restart", "base").returncode == 0
     wait_until(
-        lambda: sum(1 for e in transitions(daemon) if e[0] == "late" and e[2] == "Running") == 2,
+        lambda: len(every(transitions(daemon), "late", "Running")) == 2,
         what="late running again",
     )
     events = transitions(daemon)
-    done = [i for i, e in enumerate(events) if e[0] == "slow" and e[2] == "Exited"]
-    started = [i for i, e in enumerate(events) if e[0] == "late" and e[2] == "Running"]
+    done, started = every(events, "slow", "Exited"), every(events, "late", "Running")
     assert len(done) == 2, events  # slow requires base: it ran again
     assert done[1] < started[1], events
 
@@ -374,7 +376,7 @@ def test_conflicts_inside_one_start_all(daemon):
         daemon.wait_state("ca", "Running")
         cb = reason_of(daemon, "cb", "conflicts with 'ca'")
         assert cb["state"] in ("Inactive", "Exited") and cb["pid"] is None
-        assert not [e for e in transitions(daemon) if e[0] == "cb" and e[2] == "Running"]
+        assert not every(transitions(daemon), "cb", "Running")
 
 
 def test_conflicts_with_a_unit_pulled_in_at_boot(daemon):
