@@ -233,6 +233,34 @@ def test_half_close_from_the_backend(daemon, tmp_path):
     assert (status["bytes_in"], status["bytes_out"]) == (len(b"late data"), len(b"hello\n"))
 
 
+def test_bulk_data_arrives_intact_both_ways(daemon):
+    """16 MiB of random bytes, echoed through the proxy while still being sent, come back unchanged.
+
+    Large enough that the proxy's pipes switch to bulk mode (they grow on the first full read).
+    """
+    listen, back = tcp(), tcp()
+    backend(daemon, "echo", "echo", back)
+    daemon.start()
+    proxy(daemon, listen, back, "echo", connect_timeout=20)
+    payload = os.urandom(16 << 20)
+    echoed = bytearray()
+    with connect(listen, timeout=60) as sock:
+
+        def send() -> None:
+            sock.sendall(payload)
+            sock.shutdown(socket.SHUT_WR)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        while chunk := sock.recv(1 << 20):
+            echoed += chunk
+        sender.join()
+    assert len(echoed) == len(payload)
+    assert echoed == payload
+    status = settle(daemon)
+    assert status["bytes_in"] == status["bytes_out"] == len(payload)
+
+
 # -- failures -------------------------------------------------------------------------
 
 
