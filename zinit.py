@@ -3447,6 +3447,7 @@ class _Runtime:
         self.loop.install_sigchld()
         self.is_subreaper = _set_child_subreaper()
         self._exit_waiters: set[Any] = set()
+        self.pipe_readers: set[_PipeReader] = set()
         self._any_child = self.loop.child(0, False)
         self._any_child.start(self._on_any_exit, self._any_child)
         self.clock = time.monotonic
@@ -3606,53 +3607,62 @@ class _BackgroundWriter:
         self._thread.join(timeout)
 
 
-def _read_pipe(runtime: _Runtime, fd: int, ring: LogRing, stream: str) -> None:
-    """Feed a pipe's lines into ``ring`` until EOF (the fd is the caller's to close).
+class _PipeReader:
+    """Feeds one output pipe of a service into its log ring, line by line, until EOF.
 
-    Blocks (cooperatively) until every writer has closed the pipe.  Each
-    chunk is read only after the hub has polled for readiness, so a service
-    flooding its output gets one chunk per loop turn and cannot starve the
-    control socket or the other services.
+    Driven by an io watcher's callback, not a greenlet: a parked greenlet keeps
+    a copy of its stack (about 8 KiB), and every unit has two pipes.  One read
+    per readiness, so a service flooding its output gets one chunk per loop
+    turn and cannot starve the control socket or the other services.  The fd
+    is closed at EOF (every writer gone), on a read error, or by close().
     """
-    os.set_blocking(fd, False)
-    watcher = runtime.loop.io(fd, 1)
-    pending = b""
-    try:
-        while True:
-            runtime.hub.wait(watcher)
-            try:
-                chunk = os.read(fd, 65536)
-            except BlockingIOError:
-                continue
-            except OSError:
-                break
-            if not chunk:
-                break
-            pending += chunk
-            if b"\n" in chunk:
-                complete, _, pending = pending.rpartition(b"\n")
-                ring.extend(stream, _split_lines(complete))
-            if len(pending) > MAX_LOG_LINE_BYTES:
-                # Cut whole 64 KiB pieces off a line that is still growing; keep
-                # the rest (at least one byte) for the next read.
-                cut = (len(pending) - 1) // MAX_LOG_LINE_BYTES * MAX_LOG_LINE_BYTES
-                ring.extend(stream, _split_lines(pending[:cut]))
-                pending = pending[cut:]
-        if pending:
-            ring.extend(stream, _split_lines(pending))
-    finally:
-        watcher.close()
 
+    def __init__(self, runtime: _Runtime, fd: int, ring: LogRing, stream: str) -> None:
+        os.set_blocking(fd, False)
+        self.fd: int | None = fd
+        self.ring = ring
+        self.stream = stream
+        self.pending = b""
+        self.live = runtime.pipe_readers  # holds this reader until its pipe is done
+        self.live.add(self)
+        self.watcher = runtime.loop.io(fd, 1)
+        self.watcher.start(self._on_readable)
 
-def _spawn_pipe_reader(runtime: _Runtime, fd: int, ring: LogRing, stream: str) -> Any:
-    """Start a greenlet reading ``fd`` into ``ring``; the fd is closed when it ends.
+    def _on_readable(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            chunk = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            if self.pending:
+                self.ring.extend(self.stream, _split_lines(self.pending))
+            self.close()
+            return
+        pending = self.pending + chunk
+        if b"\n" in chunk:
+            complete, _, pending = pending.rpartition(b"\n")
+            self.ring.extend(self.stream, _split_lines(complete))
+        if len(pending) > MAX_LOG_LINE_BYTES:
+            # Cut whole 64 KiB pieces off a line that is still growing; keep
+            # the rest (at least one byte) for the next read.
+            cut = (len(pending) - 1) // MAX_LOG_LINE_BYTES * MAX_LOG_LINE_BYTES
+            self.ring.extend(self.stream, _split_lines(pending[:cut]))
+            pending = pending[cut:]
+        self.pending = pending
 
-    The close is a link, not a ``finally``: a greenlet killed before it first
-    runs never enters its body, and its fd would leak.
-    """
-    reader = runtime.gevent.spawn(_read_pipe, runtime, fd, ring, stream)
-    reader.link(lambda _: os.close(fd))
-    return reader
+    def close(self) -> None:
+        """Stop reading and close the fd (what is still in the pipe is dropped)."""
+        if self.fd is None:
+            return
+        self.watcher.close()
+        os.close(self.fd)
+        self.fd = None
+        self.pending = b""
+        self.live.discard(self)
 
 
 def _split_lines(data: bytes) -> list[str]:
@@ -4392,7 +4402,7 @@ class Service:
         self._pending_config: UnitConfig | None = None
         self._probe_generation = 0
         self._probe: Any = None
-        self._readers: list[Any] = []
+        self._readers: list[_PipeReader] = []
         self._leaf: str | None = None
         self.greenlet = supervisor.runtime.gevent.spawn(self._run)
 
@@ -4677,8 +4687,8 @@ class Service:
         pid = popen.pid
         self.runtime.watch_child(popen, lambda code: self.post(_ChildExited(pid, code)))
         self._readers = [
-            _spawn_pipe_reader(self.runtime, out_fd, self.log, "stdout"),
-            _spawn_pipe_reader(self.runtime, err_fd, self.log, "stderr"),
+            _PipeReader(self.runtime, out_fd, self.log, "stdout"),
+            _PipeReader(self.runtime, err_fd, self.log, "stderr"),
         ]
         timeout = self.config.effective_start_timeout_s()
         if self.config.oneshot:
@@ -4947,7 +4957,7 @@ class Service:
 
     def _close_readers(self) -> None:
         for reader in self._readers:
-            reader.kill(block=False)
+            reader.close()
         self._readers = []
 
 
