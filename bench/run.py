@@ -455,6 +455,41 @@ def cold_start(results: Results, kind: type[Peer], tmp: str, units: dict, row: s
         peer.stop()
 
 
+def spawn_floor(results: Results, count: int) -> None:
+    """The machine's floor for a cold start: ``count`` sleeps and no supervisor.
+
+    One loop of subprocess.Popen in this process, with the options zinit uses
+    (own session, stdin from /dev/null, stdout and stderr to pipes), timed up
+    to the moment /proc shows them all, as the supervisors are.
+    """
+    children: list[subprocess.Popen] = []
+    started = time.monotonic()
+    try:
+        for _ in range(count):
+            children.append(
+                subprocess.Popen(
+                    SLEEP.split(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,
+                )
+            )
+        counter, deadline = SleepCounter(os.getpid()), time.monotonic() + WAIT_LIMIT
+        while counter.count() < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"fewer than {count} sleeps seen after {WAIT_LIMIT:.0f} s")
+            time.sleep(0.0005)
+        results.add(f"cold start N={count}", "ms", "floor", time.monotonic() - started)
+    finally:
+        for child in children:
+            child.kill()
+        for child in children:
+            child.wait()
+            child.stdout.close()
+            child.stderr.close()
+
+
 def per_unit_cost(results: Results, peers: list[str], sizes: list[int]) -> None:
     if len(sizes) < 2:
         return
@@ -779,6 +814,7 @@ def main() -> int:
                         f"cold start {kind.name} N={count}",
                         lambda k=kind, c=count: cold_start(results, k, tmp, sleepers(c), f"N={c}"),
                     )
+                results.attempt(f"spawn floor N={count}", lambda c=count: spawn_floor(results, c))
             if not quick:
                 results.attempt(
                     "cold start zinit DAG",
@@ -812,7 +848,11 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     print(f"\nmedians (min-max) of {runs} run(s) each; {time.monotonic() - started:.0f} s\n")
-    print_table(results, names)
+    print_table(results, [*names, "floor"])
+    print(
+        "floor: the same sleeps started by a bare Popen loop, no supervisor (the least a"
+        " cold start can cost here)"
+    )
     print_goals(results, sizes, idle_units)
     for failure in results.failures:
         print(f"FAILED: {failure}")
