@@ -3487,9 +3487,9 @@ class _Runtime:
 
 
 # ==== 12. Log ring ===========================================================
-# A bounded ring of lines per unit, fed by one reader greenlet per pipe.
-# Readers wait for readability on the hub (no polling) and cut lines at
-# MAX_LOG_LINE_BYTES so that memory stays bounded whatever a service writes.
+# A bounded ring of lines per unit, fed by one pipe reader per stream.
+# Readers are io-watcher callbacks on the hub (no polling, no greenlet) and cut
+# lines at MAX_LOG_LINE_BYTES so that memory stays bounded whatever a service writes.
 
 
 class LogRing:
@@ -3629,6 +3629,18 @@ class _PipeReader:
         self.watcher.start(self._on_readable)
 
     def _on_readable(self) -> None:
+        try:
+            self._read_once()
+        except Exception:  # noqa: BLE001 - whatever it was, the pipe must not stay full
+            # A bug here must not leave the pipe full and unread: the service
+            # would block on its next write.  Closed, it gets EPIPE instead.
+            _log().exception("%s: reading its %s failed", self.ring.unit, self.stream)
+            self.close()
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_once(self) -> None:
         if self.fd is None:
             return
         try:
@@ -5905,7 +5917,9 @@ def _connect_socket(runtime: _Runtime, family: int, sockaddr: Any, timeout: floa
     sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
     try:
         error = sock.connect_ex(sockaddr)
-        if error in (errno.EINPROGRESS, errno.EAGAIN):
+        # EAGAIN (a unix backend's accept queue is full) is no connection at all:
+        # the socket would poll writable at once.  The caller tries again.
+        if error == errno.EINPROGRESS:
             writable = runtime.loop.io(sock.fileno(), 2)
             try:
                 with runtime.gevent.Timeout(timeout):

@@ -22,6 +22,7 @@ import json
 import multiprocessing
 import os
 import pathlib
+import resource
 import shutil
 import signal
 import socket
@@ -568,9 +569,12 @@ def _rpc_worker(socket_path: str, method: str, seconds: float, go, counts) -> No
         def call(request_id: int) -> bytes:
             request = {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}
             sock.sendall(json.dumps(request).encode() + b"\n")
-            reply = sock.recv(1 << 20)
+            reply = b""
             while not reply.endswith(b"\n"):
-                reply += sock.recv(1 << 20)
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    raise ConnectionError(f"{method}: the daemon closed the connection")
+                reply += chunk
             return reply
 
         first = json.loads(call(0))
@@ -782,6 +786,12 @@ def main() -> int:
     rpc_runs, rpc_seconds = (1, 0.3) if quick else (3, 1.0)
     flood_seconds = 0.5 if quick else 3.0
 
+    # The spawn floor holds two pipe fds per child: 1,000 children pass the
+    # usual soft limit of 1,024 open files.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fd_limit = 65536 if hard == resource.RLIM_INFINITY else hard
+    if soft < fd_limit:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, hard))
     tmp = tempfile.mkdtemp(prefix="zinit-bench-run.")
     results = Results()
     notes = []

@@ -223,6 +223,44 @@ def run_probe(script: str, config, *args: str) -> str:
     return result.stdout
 
 
+READER_FAULT_PROBE = """
+import os, sys, time
+import gevent
+sys.path.insert(0, sys.argv[2])
+import zinit
+
+calls = []
+
+def publish(unit, entries):
+    calls.append(entries)
+    if len(calls) == 1:
+        raise RuntimeError("a bug while handing lines to followers")
+
+runtime = zinit._Runtime()
+ring = zinit.LogRing("x", 100, publish)
+read_end, write_end = os.pipe()
+reader = zinit._PipeReader(runtime, read_end, ring, "stdout")
+os.write(write_end, b"first\\n")
+deadline = time.monotonic() + 30
+while reader.fd is not None and time.monotonic() < deadline:
+    gevent.sleep(0.01)
+os.set_blocking(write_end, False)
+try:
+    while True:
+        os.write(write_end, b"x" * 4096)
+except BrokenPipeError:
+    print("EPIPE")
+except BlockingIOError:
+    print("blocked: nobody reads the pipe")
+print(len(runtime.pipe_readers))
+"""
+
+
+def test_a_failing_pipe_reader_closes_the_pipe_instead_of_leaving_the_service_blocked(tmp_path):
+    """A bug while a line is handled: the service gets EPIPE, not a full pipe nobody reads."""
+    assert run_probe(READER_FAULT_PROBE, tmp_path).split() == ["EPIPE", "0"]
+
+
 LEAK_PROBE = """
 import os, sys
 import gevent.event

@@ -264,6 +264,45 @@ def test_bulk_data_arrives_intact_both_ways(daemon):
 # -- failures -------------------------------------------------------------------------
 
 
+FULL_BACKLOG = r"""
+import os, socket, sys, threading, time
+path = sys.argv[1]
+if os.path.lexists(path):
+    os.unlink(path)
+server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+server.bind(path)
+server.listen(0)
+filler = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+filler.connect(path)  # the accept queue is full now: a connect gets EAGAIN
+print("listening, accept queue full", flush=True)
+time.sleep(1.0)
+
+def handle(conn):
+    with conn:
+        while chunk := conn.recv(65536):
+            conn.sendall(chunk)
+
+while True:
+    conn, _ = server.accept()
+    threading.Thread(target=handle, args=(conn,), daemon=True).start()
+"""
+
+
+def test_a_unix_backend_with_a_full_accept_queue_is_retried(daemon, tmp_path):
+    """EAGAIN from a unix backend is no connection: the client waits until it is accepted."""
+    path = f"{tmp_path}/full.sock"
+    command = shlex.join([PYTHON, "-c", FULL_BACKLOG, path])
+    daemon.service("full", command, service=STOPPED, lifecycle=QUICK)
+    daemon.start()
+    listen = tcp()
+    proxy(daemon, listen, f"unix:{path}", "full", connect_timeout=20)
+    daemon.cli("start", "full")
+    daemon.wait_log("full", "accept queue full")
+    assert round_trip(listen, b"hello\n") == b"hello\n"
+    status = settle(daemon)
+    assert (status["bytes_in"], status["bytes_out"]) == (6, 6)
+
+
 def test_backend_that_never_comes_up(daemon):
     """connect_timeout 1: the client is closed after about 1 s, and last_error says why."""
     listen, back = tcp(), tcp()
