@@ -5920,6 +5920,12 @@ def _connect_socket(runtime: _Runtime, family: int, sockaddr: Any, timeout: floa
         # EAGAIN (a unix backend's accept queue is full) is no connection at all:
         # the socket would poll writable at once.  The caller tries again.
         if error == errno.EINPROGRESS:
+            # Over loopback the handshake is usually done by the time connect()
+            # returns: asking again is one syscall, waiting is a turn of the loop.
+            error = sock.connect_ex(sockaddr)
+            if error == errno.EISCONN:
+                error = 0
+        if error in (errno.EINPROGRESS, errno.EALREADY):
             writable = runtime.loop.io(sock.fileno(), 2)
             try:
                 with runtime.gevent.Timeout(timeout):
