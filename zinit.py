@@ -5831,7 +5831,7 @@ def _declared_name(text: str) -> str:
 # Socket activation: a proxy listens for its unit, starts the unit on the
 # first client (holding the client, never refusing it), retries the backend
 # until connect_timeout, then forwards both ways with splice(2) through a
-# pipe, passing half-closes on.  Idle proxies stop their unit.  Uses the
+# pipe (a copy loop where splice cannot), passing half-closes on.  Idle proxies stop their unit.  Uses the
 # supervisor (16) to start and stop units; never touches a unit directly.
 
 #: Bytes moved per splice(2) call, and the pipe size asked for (Linux max).
@@ -5840,6 +5840,8 @@ _SPLICE_CHUNK_BYTES = 1 << 20
 _SMALL_READ_BYTES = 16 * 1024
 #: What a new pipe holds on Linux (16 pages); a read this large is bulk traffic.
 _DEFAULT_PIPE_BYTES = 16 * 4096
+#: The copy loop's buffer, where splice(2) cannot be used.
+_COPY_BUFFER_BYTES = 256 * 1024
 #: Backend connection retries.  A refused connect costs tens of microseconds,
 #: while the time from the backend's listen() to the next attempt is added to
 #: the first client's wait.  So the next attempt comes after 0.5% of the time
@@ -5941,6 +5943,92 @@ def _connect_socket(runtime: _Runtime, family: int, sockaddr: Any, timeout: floa
         sock.close()
         raise
     return sock
+
+
+def _splice_until_eof(
+    source_fd: int,
+    target_fd: int,
+    wait_readable: Callable[[], None],
+    wait_writable: Callable[[], None],
+    moved: Callable[[int], None],
+) -> bool:
+    """Splice ``source_fd`` → pipe → ``target_fd`` until EOF; False if splice(2) cannot.
+
+    The fds are non-blocking, so EAGAIN means "wait for the hub".  The pipe is
+    drained completely before the next read.  It keeps the default size until
+    a read fills it: request/response traffic never needs more, and a
+    connection that only says hello pays for no resize.  False (nothing
+    moved) when the kernel refuses to splice these fds.
+    """
+    import errno
+    import fcntl
+
+    if not hasattr(os, "splice"):
+        return False
+    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+    grown = started = False
+    try:
+        while True:
+            try:
+                count = os.splice(source_fd, write_end, _SPLICE_CHUNK_BYTES, flags=flags)
+            except BlockingIOError:
+                wait_readable()
+                continue
+            except OSError as error:
+                if not started and error.errno in (errno.EINVAL, errno.ENOSYS):
+                    return False
+                raise
+            started = True
+            if count == 0:
+                return True
+            total = count
+            while count:
+                try:
+                    count -= os.splice(read_end, target_fd, count, flags=flags)
+                except BlockingIOError:
+                    wait_writable()
+            moved(total)
+            if total < _SMALL_READ_BYTES:
+                # The socket is most likely drained: wait for more instead of
+                # paying for a failed splice (this is the round-trip path).
+                wait_readable()
+            elif not grown and total >= _DEFAULT_PIPE_BYTES:
+                grown = True  # bulk traffic: fewer, larger splices
+                try:
+                    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, _SPLICE_CHUNK_BYTES)
+                except OSError:
+                    pass  # over the user's pipe quota: the default pipe still works
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def _copy_until_eof(
+    source_fd: int,
+    target_fd: int,
+    wait_readable: Callable[[], None],
+    wait_writable: Callable[[], None],
+    moved: Callable[[int], None],
+) -> None:
+    """Copy ``source_fd`` to ``target_fd`` until EOF through one buffer (splice's fallback)."""
+    buffer = bytearray(_COPY_BUFFER_BYTES)
+    view = memoryview(buffer)
+    while True:
+        try:
+            count = os.readv(source_fd, [buffer])
+        except BlockingIOError:
+            wait_readable()
+            continue
+        if count == 0:
+            return
+        sent = 0
+        while sent < count:
+            try:
+                sent += os.write(target_fd, view[sent:count])
+            except BlockingIOError:
+                wait_writable()
+        moved(count)
 
 
 class XinetProxy:
@@ -6124,47 +6212,25 @@ class XinetProxy:
     def _pump(self, source: Any, target: Any, counter: str) -> None:
         """Move bytes one way until EOF, then pass the half-close on.
 
-        splice(2) moves the data socket → pipe → socket inside the kernel; the
-        sockets are non-blocking, so EAGAIN means "wait for the hub".  The pipe
-        is drained completely before the next read.  It keeps the default size
-        until a read fills it: request/response traffic never needs more, and
-        a connection that only says hello pays for no resize.
+        splice(2) moves them inside the kernel; where it refuses the sockets,
+        a copy loop does (a 256 KiB buffer, one read and write per chunk).
         """
-        import fcntl
-
-        read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        grown = False
         readable = self.runtime.loop.io(source.fileno(), 1)
         writable = self.runtime.loop.io(target.fileno(), 2)
-        flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
-        source_fd, target_fd = source.fileno(), target.fileno()
         wait = self.runtime.hub.wait
+
+        def moved(count: int) -> None:
+            setattr(self, counter, getattr(self, counter) + count)
+
         try:
-            while True:
-                try:
-                    count = os.splice(source_fd, write_end, _SPLICE_CHUNK_BYTES, flags=flags)
-                except BlockingIOError:
-                    wait(readable)
-                    continue
-                if count == 0:
-                    break
-                total = count
-                while count:
-                    try:
-                        count -= os.splice(read_end, target_fd, count, flags=flags)
-                    except BlockingIOError:
-                        wait(writable)
-                setattr(self, counter, getattr(self, counter) + total)
-                if total < _SMALL_READ_BYTES:
-                    # The socket is most likely drained: wait for more instead of
-                    # paying for a failed splice (this is the round-trip path).
-                    wait(readable)
-                elif not grown and total >= _DEFAULT_PIPE_BYTES:
-                    grown = True  # bulk traffic: fewer, larger splices
-                    try:
-                        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, _SPLICE_CHUNK_BYTES)
-                    except OSError:
-                        pass  # over the user's pipe quota: the default pipe still works
+            ends = (
+                source.fileno(),
+                target.fileno(),
+                lambda: wait(readable),
+                lambda: wait(writable),
+            )
+            if not _splice_until_eof(*ends, moved):
+                _copy_until_eof(*ends, moved)
             target.shutdown(socket.SHUT_WR)
         except OSError:
             # A reset or a vanished peer: end both directions now.
@@ -6176,8 +6242,6 @@ class XinetProxy:
         finally:
             readable.close()
             writable.close()
-            os.close(read_end)
-            os.close(write_end)
 
     def _stop_when_idle(self) -> None:
         import gevent
