@@ -5831,8 +5831,9 @@ def _declared_name(text: str) -> str:
 # Socket activation: a proxy listens for its unit, starts the unit on the
 # first client (holding the client, never refusing it), retries the backend
 # until connect_timeout, then forwards both ways with splice(2) through a
-# pipe (a copy loop where splice cannot), passing half-closes on.  Idle proxies stop their unit.  Uses the
-# supervisor (16) to start and stop units; never touches a unit directly.
+# pipe (a copy loop where splice cannot), passing half-closes on.  Idle
+# proxies stop their unit.  Uses the supervisor (16) to start and stop units;
+# never touches a unit directly.
 
 #: Bytes moved per splice(2) call, and the pipe size asked for (Linux max).
 _SPLICE_CHUNK_BYTES = 1 << 20
