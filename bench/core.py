@@ -50,15 +50,45 @@ def connect_when_up(socket: str, limit_s: float = 30.0) -> zinit.ZinitClient:
             time.sleep(0.002)
 
 
+def quiet_move_ms(own: str, samples: int = 3, quiet_s: float = 0.3) -> float | None:
+    """Median time to move this process into a cgroup after a quiet spell, or None.
+
+    That move is what a crash restart or an xinet activation pays first; the
+    kernel may make it wait for an RCU grace period (see README, Restart latency).
+    """
+    probe = os.path.join(own, f"zinit-bench-probe-{os.getpid()}")
+    times = []
+    try:
+        os.mkdir(probe)
+    except OSError:
+        return None
+    try:
+        for _ in range(samples):
+            time.sleep(quiet_s)
+            started = time.perf_counter()
+            zinit._write_cgroup_file(probe, "cgroup.procs", str(os.getpid()))
+            times.append(time.perf_counter() - started)
+            zinit._write_cgroup_file(own, "cgroup.procs", str(os.getpid()))
+    except OSError:
+        return None
+    finally:
+        try:
+            os.rmdir(probe)
+        except OSError:
+            pass
+    return statistics.median(times) * 1000
+
+
 def cgroup_note() -> str:
     """Which cgroup mode the figures were taken in: restarts and activations depend on it."""
     own = zinit._own_cgroup_dir()
     if own is None:
         return "cgroups: none writable (units tracked by process group)"
     slow = zinit._slow_cgroup_mount(own)
-    if slow is not None:
-        return f"cgroups: {slow} without favordynmods (a start after a quiet spell waits ~10 ms)"
-    return "cgroups: favordynmods on, or not offered by this kernel"
+    mode = f"{slow} without favordynmods" if slow else "favordynmods on, or not offered"
+    move = quiet_move_ms(own)
+    measured = "" if move is None else f"; a move after a quiet spell took {move:.2f} ms here"
+    return f"cgroups: {mode}{measured} (about 10 ms where the kernel waits for an RCU grace period)"
 
 
 class Daemon:
