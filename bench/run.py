@@ -22,7 +22,6 @@ import json
 import multiprocessing
 import os
 import pathlib
-import resource
 import shutil
 import signal
 import socket
@@ -102,11 +101,12 @@ class SleepCounter:
         return False
 
 
-def wait_for_sleepers(root: int, count: int, proc: subprocess.Popen) -> None:
+def wait_for_sleepers(root: int, count: int, proc: subprocess.Popen | None) -> None:
+    """Wait until ``count`` sleeps run below ``root``; ``proc`` is the supervisor, if any."""
     counter = SleepCounter(root)
     deadline = time.monotonic() + WAIT_LIMIT
     while counter.count() < count:
-        if proc.poll() is not None:
+        if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"supervisor exited with {proc.returncode} during start-up")
         if time.monotonic() > deadline:
             raise RuntimeError(f"fewer than {count} units running after {WAIT_LIMIT:.0f} s")
@@ -476,11 +476,7 @@ def spawn_floor(results: Results, count: int) -> None:
                     start_new_session=True,
                 )
             )
-        counter, deadline = SleepCounter(os.getpid()), time.monotonic() + WAIT_LIMIT
-        while counter.count() < count:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"fewer than {count} sleeps seen after {WAIT_LIMIT:.0f} s")
-            time.sleep(0.0005)
+        wait_for_sleepers(os.getpid(), count, None)
         results.add(f"cold start N={count}", "ms", "floor", time.monotonic() - started)
     finally:
         for child in children:
@@ -788,10 +784,7 @@ def main() -> int:
 
     # The spawn floor holds two pipe fds per child: 1,000 children pass the
     # usual soft limit of 1,024 open files.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    fd_limit = 65536 if hard == resource.RLIM_INFINITY else hard
-    if soft < fd_limit:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, hard))
+    zinit._raise_fd_limit()
     tmp = tempfile.mkdtemp(prefix="zinit-bench-run.")
     results = Results()
     notes = []

@@ -186,8 +186,8 @@ class Peers:
         self.base = tempfile.mkdtemp(prefix="zinit-xinet-bench.")
         self.ports: dict[str, int] = {}
 
-    def spawn(self, argv: list[str]) -> subprocess.Popen:
-        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def spawn(self, argv: list[str], stdout: int = subprocess.DEVNULL) -> subprocess.Popen:
+        process = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.DEVNULL)
         self.processes.append(process)
         return process
 
@@ -292,12 +292,7 @@ def cold_activation(peers: Peers, runs: int, delay_s: float) -> tuple[list[float
     for _ in range(runs):
         port = free_port()
         started = time.perf_counter()
-        process = subprocess.Popen(
-            [*peers.backend_argv(port, delay_s), "--say-ready"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-        )
-        peers.processes.append(process)
+        process = peers.spawn([*peers.backend_argv(port, delay_s), "--say-ready"], subprocess.PIPE)
         assert process.stdout.readline() == b"ready\n", "the backend did not start"
         with connect(port) as sock:
             sock.sendall(b"C")
