@@ -5850,12 +5850,16 @@ _COPY_BUFFER_BYTES = 256 * 1024
 #: reached 1.5 ms after it at worst, and a slow one costs 20 attempts a second.
 _CONNECT_RETRY_MIN_S = 0.001
 _CONNECT_RETRY_MAX_S = 0.05
+#: Clients accepted per readiness of a listener before the loop turns, so that a
+#: burst of new clients cannot starve the connections already being served.
+_ACCEPT_BATCH = 64
+#: Out of file descriptors, a listener stays readable: accepting pauses this long
+#: instead of spinning on it.
+_ACCEPT_PAUSE_S = 0.1
 
 
-def _listen_socket(address: str) -> Any:
+def _listen_socket(address: str) -> socket.socket:
     """Bind and listen on ``address``; raise ZinitError saying why not."""
-    import gevent.socket
-
     kind, where = parse_address(address)
     if kind == "unix":
         if os.path.lexists(where):
@@ -5870,7 +5874,7 @@ def _listen_socket(address: str) -> Any:
                 raise ZinitError(f"{where} is in use by another listener")
             finally:
                 probe.close()
-        listener = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind(where)
             # Like a TCP port, the socket is open to every local user.
@@ -5886,7 +5890,7 @@ def _listen_socket(address: str) -> Any:
             )[0]
         except OSError as error:
             raise ZinitError(f"cannot resolve {address}: {error.strerror or error}") from None
-        listener = gevent.socket.socket(family, socket.SOCK_STREAM)
+        listener = socket.socket(family, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             listener.bind(sockaddr)
@@ -5895,6 +5899,75 @@ def _listen_socket(address: str) -> Any:
             raise ZinitError(f"cannot listen on {address}: {error.strerror or error}") from None
     listener.listen(1024)
     return listener
+
+
+class _Acceptor:
+    """Accepts clients on one listening socket, each handed to ``handle`` in a greenlet.
+
+    A plain socket and an io watcher that accepts in its callback: the proxy
+    needs only the client's fd, and gevent's StreamServer wraps every client in
+    gevent's socket class, which costs more than the accept itself.  Clients
+    reach ``handle`` non-blocking; ``handle`` closes them.
+    """
+
+    def __init__(
+        self,
+        runtime: _Runtime,
+        listener: socket.socket,
+        address: str,
+        handle: Callable[[socket.socket], None],
+    ) -> None:
+        listener.setblocking(False)
+        self.runtime = runtime
+        self.listener = listener
+        self.address = address
+        self.handle = handle
+        self.watcher = runtime.loop.io(listener.fileno(), 1)
+        self.pause: Any = None
+        self.starved = False  # out of fds since the last client accepted (warned once)
+        self.watcher.start(self._on_readable)
+
+    def _on_readable(self) -> None:
+        import errno
+
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                client, _ = self.listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as error:
+                if error.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    continue  # that client gave up (ECONNABORTED...); the next may not have
+                if not self.starved:
+                    self.starved = True
+                    _log().warning(
+                        "cannot accept clients on %s (%s); trying again every %gs",
+                        self.address,
+                        error.strerror,
+                        _ACCEPT_PAUSE_S,
+                    )
+                self.watcher.stop()
+                self.pause = self.runtime.loop.timer(_ACCEPT_PAUSE_S)
+                self.pause.start(self._resume)
+                return
+            if self.starved:
+                self.starved = False
+                _log().info("accepting clients on %s again", self.address)
+            client.setblocking(False)
+            self.runtime.gevent.spawn(self.handle, client)
+
+    def _resume(self) -> None:
+        self.pause.close()
+        self.pause = None
+        self.watcher.start(self._on_readable)
+
+    def close(self) -> None:
+        """Stop accepting and close the listening socket (accepted clients live on)."""
+        self.watcher.close()
+        if self.pause is not None:
+            self.pause.close()
+            self.pause = None
+        self.listener.close()
 
 
 def _resolve(address: str) -> tuple[int, Any]:
@@ -5959,14 +6032,20 @@ def _splice_until_eof(
     drained completely before the next read.  It keeps the default size until
     a read fills it: request/response traffic never needs more, and a
     connection that only says hello pays for no resize.  False (nothing
-    moved) when the kernel refuses to splice these fds.
+    moved) when the kernel refuses to splice these fds, or when no pipe can
+    be had because the daemon is out of fds.
     """
     import errno
     import fcntl
 
     if not hasattr(os, "splice"):
         return False
-    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        if error.errno in (errno.EMFILE, errno.ENFILE):
+            return False  # out of fds: the copy loop needs none
+        raise
     flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
     grown = started = False
     try:
@@ -6042,7 +6121,7 @@ class XinetProxy:
         self.supervisor = supervisor
         self.runtime = supervisor.runtime
         self.source = source  # "config" (a file in the config directory) or "rpc"
-        self.servers: list[Any] = []
+        self.acceptors: list[_Acceptor] = []
         self.unix_paths: list[str] = []
         self.connections = gevent.pool.Group()
         self.active = 0
@@ -6056,8 +6135,6 @@ class XinetProxy:
 
     def open(self) -> None:
         """Start listening on every address; all or nothing."""
-        import gevent.server
-
         try:
             self._backend = _resolve(self.config.backend)
         except ZinitError as error:
@@ -6068,9 +6145,7 @@ class XinetProxy:
                 listener = _listen_socket(address)
                 if address.startswith("unix:"):
                     self.unix_paths.append(address[len("unix:") :])
-                server = gevent.server.StreamServer(listener, self._serve)
-                server.start()
-                self.servers.append(server)
+                self.acceptors.append(_Acceptor(self.runtime, listener, address, self._serve))
         except ZinitError:
             self.close()
             raise
@@ -6081,9 +6156,9 @@ class XinetProxy:
         self.connections.kill(block=False)
 
     def close_listeners(self) -> None:
-        for server in self.servers:
-            server.close()
-        self.servers = []
+        for acceptor in self.acceptors:
+            acceptor.close()
+        self.acceptors = []
         for path in self.unix_paths:
             try:
                 os.unlink(path)
@@ -6120,7 +6195,7 @@ class XinetProxy:
 
     # -- one client ----------------------------------------------------------
 
-    def _serve(self, client: Any, address: Any) -> None:
+    def _serve(self, client: socket.socket) -> None:
         import gevent
 
         if self.config.single_connection and self.active:
@@ -6145,7 +6220,7 @@ class XinetProxy:
             if backend is not None:
                 backend.close()
             self.active -= 1
-            if not self.active and self.config.idle_timeout_s > 0 and self.servers:
+            if not self.active and self.config.idle_timeout_s > 0 and self.acceptors:
                 self._idle = gevent.spawn(self._stop_when_idle)
 
     def _activate(self) -> Any:
@@ -6248,7 +6323,7 @@ class XinetProxy:
         import gevent
 
         gevent.sleep(self.config.idle_timeout_s)
-        if self.active or not self.servers:
+        if self.active or not self.acceptors:
             return
         self._idle = None
         unit = self.supervisor.units.get(self.config.service)

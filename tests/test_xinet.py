@@ -609,6 +609,45 @@ def test_client_vanishing_mid_transfer_leaks_nothing(daemon):
     assert round_trip(listen, b"still fine") == b"still fine"
 
 
+def test_out_of_fds_the_proxy_copies_then_pauses_accepting_and_recovers(daemon):
+    """At the daemon's fd limit a client is carried by the copy loop (no pipe can be had),
+    the next one waits in the accept queue (one warning, no spinning), and is served once
+    fds are free again."""
+    import resource
+
+    listen, back = tcp(), tcp()
+    backend(daemon, "echo", "echo", back)
+    daemon.start()
+    proxy(daemon, listen, back, "echo", connect_timeout=20)
+    assert round_trip(listen, b"warm up") == b"warm up"
+    before = steady_fd_count(daemon)
+    pid = daemon.proc.pid
+    highest = max(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
+    limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    # Room for exactly two more fds: the first client and its backend connection.
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (max(before, highest + 1) + 2, limits[1]))
+    try:
+        with connect(listen) as first:
+            first.sendall(b"first")
+            assert first.recv(64) == b"first"  # forwarded without a splice pipe
+            with connect(listen) as second:
+                second.sendall(b"second")
+                # No RPC here: the control socket needs an fd too.
+                wait_until(lambda: f"cannot accept clients on {listen}" in daemon.log())
+                first.shutdown(socket.SHUT_WR)
+                assert read_to_eof(first) == b""
+                first.close()
+                second.shutdown(socket.SHUT_WR)
+                assert read_to_eof(second) == b"second"
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
+    assert daemon.log().count("cannot accept clients on") == 1
+    wait_until(lambda: f"accepting clients on {listen} again" in daemon.log())
+    assert round_trip(listen, b"still fine") == b"still fine"
+    status = settle(daemon)
+    assert status["total"] == 4 and status["last_error"] is None, status
+
+
 def test_two_hundred_concurrent_clients(daemon):
     """200 clients at once, each an echo round trip through the proxy: all succeed."""
     listen, back = tcp(), tcp()
