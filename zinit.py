@@ -1211,6 +1211,8 @@ _UNIT_STATUS_FIELDS = tuple(field.name for field in dataclasses.fields(UnitStatu
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Param:
+    """One parameter of an RPC method, as rpc.discover describes it."""
+
     name: str
     schema: dict[str, Any]
     required: bool = True
@@ -1218,6 +1220,8 @@ class _Param:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Method:
+    """One RPC method: its name, summary, parameters and result schema."""
+
     name: str
     summary: str
     params: tuple[_Param, ...] = ()
@@ -4313,49 +4317,63 @@ def _probe_exec(runtime: _Runtime, command: str) -> tuple[bool, str]:
 # between already see it.
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
 class _Start:
+    """Start the unit (or keep it running); ``handled`` is set once it has acted."""
+
     reason: str
     by_hand: bool = False
     handled: Any = None  # gevent.event.Event set once the unit has acted on it
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
 class _Stop:
+    """Stop the unit; ``done`` is set once it is at rest."""
+
     reason: str
     done: Any  # gevent.event.Event, set once the unit is at rest
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
 class _ChildExited:
+    """The unit's main process ``pid`` ended with exit code ``code``."""
+
     pid: int
     code: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
 class _HealthResult:
+    """The outcome of one health probe of the given generation."""
+
     generation: int
     ok: bool
     detail: str
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
 class _DepsChanged:
-    pass
+    """A dependency changed state: check the unit's gates again."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
 class _Reconfigure:
+    """Take ``config`` as the unit's new configuration (reload)."""
+
     config: UnitConfig
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
 class _Note:
+    """Keep the state, with ``reason`` as the new why (a start that lost a conflict)."""
+
     reason: str
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, eq=False)
 class _Quit:
+    """End the unit's greenlet; ``done`` is set when it has."""
+
     done: Any
 
 
