@@ -171,7 +171,11 @@ class ZinitError(Exception):
 
 
 class ConfigError(ZinitError):
-    """A unit file is wrong: names the file, the key, the position and why."""
+    """A unit file is wrong: names the file, the key, the position and why.
+
+    One error per file travels through the daemon; the file's other problems,
+    if any, ride along in ``also`` (each a ConfigError without ``also``).
+    """
 
     def __init__(
         self,
@@ -188,6 +192,7 @@ class ConfigError(ZinitError):
         self.line = line
         self.col = col
         self.reason = reason
+        self.also: tuple[ConfigError, ...] = ()
 
     def __str__(self) -> str:
         where = self.path
@@ -195,7 +200,15 @@ class ConfigError(ZinitError):
             where += f":{self.line}"
             if self.col is not None:
                 where += f":{self.col}"
-        return f"{where}: {self.key}: {self.reason}" if self.key else f"{where}: {self.reason}"
+        text = f"{where}: {self.key}: {self.reason}" if self.key else f"{where}: {self.reason}"
+        if self.also:
+            text += f" (and {len(self.also)} more in this file)"
+        return text
+
+    def every(self) -> list[ConfigError]:
+        """This problem and the file's others, in file order, each on its own."""
+        first = ConfigError(self.path, self.reason, key=self.key, line=self.line, col=self.col)
+        return [first, *self.also] if self.also else [self]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -205,6 +218,7 @@ class ConfigError(ZinitError):
             "col": self.col,
             "reason": self.reason,
             "message": str(self),
+            "also": [problem.to_dict() for problem in self.also],
         }
 
 
@@ -481,15 +495,19 @@ def _key_positions(text: str) -> dict[str, tuple[int, int, int]]:
 
 
 class _UnitParser:
-    """Validate one parsed TOML document into a UnitConfig.
+    """Validate one parsed TOML document into a UnitConfig or XinetConfig.
 
-    Keeps the file's text to point each error at its line and column.
+    Keeps the file's text to point each error at its line and column.  A bad
+    value is recorded and parsing goes on with the default, so that one pass
+    reports every problem in the file; parse() raises the first with the
+    others in its ``also``.
     """
 
     def __init__(self, path: str, text: str, name: str) -> None:
         self.path = path
         self.name = name
         self.positions = _key_positions(text)
+        self.problems: list[ConfigError] = []
 
     def error(self, key: str, reason: str, *, at_key: bool = False) -> ConfigError:
         line, key_col, value_col = self.positions.get(key, (None, None, None))
@@ -499,20 +517,39 @@ class _UnitParser:
             self.path, reason, key=key, line=line, col=key_col if at_key else value_col
         )
 
+    def problem(self, key: str, reason: str, *, at_key: bool = False) -> None:
+        self.problems.append(self.error(key, reason, at_key=at_key))
+
+    def check(self) -> None:
+        """Raise what was found so far, if anything: the first, with the rest in ``also``."""
+        if self.problems:
+            first, *rest = self.problems
+            first.also = tuple(rest)
+            raise first
+
     def table(self, data: dict[str, Any], name: str) -> dict[str, Any]:
         value = data.get(name, {})
         if not isinstance(value, dict):
-            raise self.error(name, "expected a table", at_key=True)
-        for key in value:
-            if key not in _TABLES[name]:
-                allowed = ", ".join(_TABLES[name])
-                raise self.error(f"{name}.{key}", f"unknown key (allowed: {allowed})", at_key=True)
-        return value
+            self.problem(name, "expected a table", at_key=True)
+            return {}
+        known = {}
+        for key, item in value.items():
+            if key in _TABLES[name]:
+                known[key] = item
+            else:
+                home = [t for t, keys in _TABLES.items() if key in keys and t != "xinet"]
+                if home and name != "xinet":
+                    reason = f"unknown key here: it belongs in [{home[0]}]"
+                else:
+                    reason = f"unknown key (allowed: {', '.join(_TABLES[name])})"
+                self.problem(f"{name}.{key}", reason, at_key=True)
+        return known
 
     def string(self, table: dict[str, Any], dotted: str, default: str | None = None) -> str | None:
         value = table.get(dotted.split(".")[-1], default)
         if value is not None and not isinstance(value, str):
-            raise self.error(dotted, f"expected a string, got {value!r}")
+            self.problem(dotted, f"expected a string, got {value!r}")
+            return default
         return value
 
     def choice(
@@ -521,13 +558,15 @@ class _UnitParser:
         value = table.get(dotted.split(".")[-1], default)
         if value not in choices:
             options = ", ".join(choices[:-1]) + " or " + choices[-1]
-            raise self.error(dotted, f"expected {options}, got {value!r}")
+            self.problem(dotted, f"expected {options}, got {value!r}")
+            return default
         return value
 
     def boolean(self, table: dict[str, Any], dotted: str, default: bool) -> bool:
         value = table.get(dotted.split(".")[-1], default)
         if not isinstance(value, bool):
-            raise self.error(dotted, f"expected true or false, got {value!r}")
+            self.problem(dotted, f"expected true or false, got {value!r}")
+            return default
         return value
 
     def integer(
@@ -537,36 +576,40 @@ class _UnitParser:
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(dotted, f"expected an integer, got {value!r}")
+            self.problem(dotted, f"expected an integer, got {value!r}")
+            return default
         if value < minimum:
-            raise self.error(dotted, f"expected an integer >= {minimum}, got {value}")
+            self.problem(dotted, f"expected an integer >= {minimum}, got {value}")
+            return default
         return value
 
     def names(self, table: dict[str, Any], dotted: str) -> tuple[str, ...]:
         value = table.get(dotted.split(".")[-1], [])
         if not isinstance(value, list):
-            raise self.error(dotted, f"expected a list of unit names, got {value!r}")
+            self.problem(dotted, f"expected a list of unit names, got {value!r}")
+            return ()
         for item in value:
             if not is_unit_name(item):
-                raise self.error(dotted, f"{item!r} is not a unit name")
-        return tuple(dict.fromkeys(value))
+                self.problem(dotted, f"{item!r} is not a unit name")
+        return tuple(dict.fromkeys(item for item in value if is_unit_name(item)))
 
     def parse(self, data: dict[str, Any]) -> UnitConfig | XinetConfig:
         if "xinet" in data:
             return self.xinet(data)
         for key in data:
             if key not in _TABLES:
-                raise self.error(key, f"unknown table (allowed: {', '.join(_TABLES)})", at_key=True)
+                self.problem(key, f"unknown table (allowed: {', '.join(_TABLES)})", at_key=True)
         kinds = [kind for kind in ("service", "target") if kind in data]
         if len(kinds) != 1:
-            raise ConfigError(
-                self.path, "a unit file needs exactly one [service] or [target] table"
+            self.problems.append(
+                ConfigError(self.path, "a unit file needs exactly one [service] or [target] table")
             )
+            self.check()
         kind = kinds[0]
         head = self.table(data, kind)
         declared = self.string(head, f"{kind}.name")
         if declared is not None and declared != self.name:
-            raise self.error(
+            self.problem(
                 f"{kind}.name", f"must equal the file name {self.name!r}, got {declared!r}"
             )
         deps = self.table(data, "dependencies")
@@ -576,9 +619,8 @@ class _UnitParser:
         if kind == "target":
             for table in ("lifecycle", "health", "logging"):
                 if table in data:
-                    raise self.error(
-                        table, "a target has no process, so no such table", at_key=True
-                    )
+                    self.problem(table, "a target has no process, so no such table", at_key=True)
+            self.check()
             return UnitConfig(**fields, status="start", exec="")
         fields.update(self.service_fields(head))
         fields.update(self.lifecycle_fields(self.table(data, "lifecycle"), fields["oneshot"]))
@@ -588,26 +630,29 @@ class _UnitParser:
         fields["buffer_lines"] = self.integer(
             logging_table, "logging.buffer_lines", 1000, minimum=1
         )
+        self.check()
         return UnitConfig(**fields)
 
     def service_fields(self, head: dict[str, Any]) -> dict[str, Any]:
         command = self.string(head, "service.exec")
         if not command:
-            raise self.error("service.exec", "required: the command line to run", at_key=True)
-        try:
-            argv = shlex.split(command)
-        except ValueError as error:
-            raise self.error("service.exec", f"cannot split the command line ({error})") from None
-        if not argv:
-            raise self.error("service.exec", "the command line is empty")
+            if command is not None or "exec" not in head:  # else: its type was reported
+                self.problem("service.exec", "required: the command line to run", at_key=True)
+        else:
+            try:
+                if not shlex.split(command):
+                    self.problem("service.exec", "the command line is empty")
+            except ValueError as error:
+                self.problem("service.exec", f"cannot split the command line ({error})")
         env = head.get("env", {})
         if not isinstance(env, dict) or not all(
             isinstance(k, str) and isinstance(v, str | int | float | bool) for k, v in env.items()
         ):
-            raise self.error("service.env", 'expected a table of NAME = "value"')
+            self.problem("service.env", 'expected a table of NAME = "value"')
+            env = {}
         for key in env:
             if not key or "=" in key or "\0" in key:
-                raise self.error("service.env", f"{key!r} is not an environment variable name")
+                self.problem("service.env", f"{key!r} is not an environment variable name")
         return {
             "exec": command,
             "dir": self.string(head, "service.dir"),
@@ -625,7 +670,7 @@ class _UnitParser:
         try:
             stop_signal = parse_signal(stop_signal)
         except ValueError as error:
-            raise self.error("lifecycle.stop_signal", str(error)) from None
+            self.problem("lifecycle.stop_signal", str(error))
         fields = {
             "restart": self.choice(
                 table, "lifecycle.restart", _RESTART_POLICIES, "never" if oneshot else "always"
@@ -638,45 +683,23 @@ class _UnitParser:
             "max_restarts": self.integer(table, "lifecycle.max_restarts", 0),
         }
         if fields["restart_delay_max_ms"] < fields["restart_delay_ms"]:
-            raise self.error(
+            self.problem(
                 "lifecycle.restart_delay_max_ms",
                 f"must be >= restart_delay_ms ({fields['restart_delay_ms']}), "
                 f"got {fields['restart_delay_max_ms']}",
             )
         return fields
 
-    def health(self, table: dict[str, Any]) -> HealthConfig:
+    def health(self, table: dict[str, Any]) -> HealthConfig | None:
         if "type" not in table:
-            raise self.error("health.type", "required: http, tcp or exec", at_key=True)
+            self.problem("health.type", "required: http, tcp or exec", at_key=True)
+            return None
+        known_type = table["type"] in _HEALTH_TYPES  # else what it needs is unknown
         kind = self.choice(table, "health.type", _HEALTH_TYPES, "http")
         endpoint = self.string(table, "health.endpoint", "") or ""
         command = self.string(table, "health.command", "") or ""
-        if kind in ("http", "tcp") and not endpoint:
-            example = "an http:// URL" if kind == "http" else "host:port"
-            raise self.error(
-                "health.endpoint", f"required for type {kind!r}: {example}", at_key=True
-            )
-        if kind == "exec" and not command:
-            raise self.error(
-                "health.command", "required for type 'exec': a command line", at_key=True
-            )
-        if kind == "http" and not re.match(r"https?://[^/]+", endpoint):
-            raise self.error(
-                "health.endpoint", f"expected an http:// or https:// URL, got {endpoint!r}"
-            )
-        if kind == "tcp":
-            try:
-                split_host_port(endpoint)
-            except ValueError as error:
-                raise self.error("health.endpoint", str(error)) from None
-        if kind == "exec":
-            try:
-                if not shlex.split(command):
-                    raise ValueError("empty")
-            except ValueError:
-                raise self.error(
-                    "health.command", f"expected a command line, got {command!r}"
-                ) from None
+        if known_type:
+            self.health_target(kind, endpoint, command)
         return HealthConfig(
             type=kind,
             endpoint=endpoint,
@@ -686,19 +709,41 @@ class _UnitParser:
             retries=self.integer(table, "health.retries", 3, minimum=1),
         )
 
+    def health_target(self, kind: str, endpoint: str, command: str) -> None:
+        """Check what a probe of type ``kind`` needs: an endpoint or a command."""
+        if kind in ("http", "tcp") and not endpoint:
+            example = "an http:// URL" if kind == "http" else "host:port"
+            self.problem("health.endpoint", f"required for type {kind!r}: {example}", at_key=True)
+        elif kind == "http" and not re.match(r"https?://[^/]+", endpoint):
+            self.problem(
+                "health.endpoint", f"expected an http:// or https:// URL, got {endpoint!r}"
+            )
+        elif kind == "tcp":
+            try:
+                split_host_port(endpoint)
+            except ValueError as error:
+                self.problem("health.endpoint", str(error))
+        elif kind == "exec" and not command:
+            self.problem("health.command", "required for type 'exec': a command line", at_key=True)
+        elif kind == "exec":
+            try:
+                empty = not shlex.split(command)
+            except ValueError:
+                empty = True
+            if empty:
+                self.problem("health.command", f"expected a command line, got {command!r}")
+
     def xinet(self, data: dict[str, Any]) -> XinetConfig:
-        others = [key for key in data if key != "xinet"]
-        if others:
-            raise self.error(others[0], "a file with [xinet] holds nothing else", at_key=True)
+        for key in data:
+            if key != "xinet":
+                self.problem(key, "a file with [xinet] holds nothing else", at_key=True)
         table = self.table(data, "xinet")
         declared = self.string(table, "xinet.name")
         if declared is not None and declared != self.name:
-            raise self.error(
-                "xinet.name", f"must equal the file name {self.name!r}, got {declared!r}"
-            )
+            self.problem("xinet.name", f"must equal the file name {self.name!r}, got {declared!r}")
         listen = table.get("listen")
         try:
-            return xinet_config(
+            config = xinet_config(
                 name=self.name,
                 listen=[listen] if isinstance(listen, str) else listen,
                 backend=table.get("backend"),
@@ -709,7 +754,9 @@ class _UnitParser:
                 path=self.path,
             )
         except _FieldError as error:
-            raise self.error(f"xinet.{error.key}", error.reason) from None
+            self.problem(f"xinet.{error.key}", error.reason)
+        self.check()
+        return config
 
 
 def _env_text(value: object) -> str:
@@ -2255,7 +2302,7 @@ def validate_directory(
 ) -> tuple[list[ConfigError], list[ConfigError], dict[str, UnitConfig]]:
     """Return (errors, warnings, units) for a config directory, without a daemon."""
     units, proxies, errors = load_config_dirs([(directory, None)])
-    problems = list(errors.values())
+    problems = [problem for error in errors.values() for problem in error.every()]
     warnings: list[ConfigError] = []
 
     def at(config: UnitConfig | XinetConfig, key: str, reason: str) -> ConfigError:
@@ -5054,8 +5101,9 @@ class Supervisor:
         """Read the config directories and create a Service per unit (none started)."""
         configs, self.proxy_configs, errors = load_config_dirs(self.directories)
         self.load_errors = errors
-        for name, error in errors.items():
-            _log().error("%s", error)
+        for error in errors.values():
+            for problem in error.every():
+                _log().error("%s", problem)
         for name, config in configs.items():
             self.configs[name] = config
             self.units[name] = Service(config, self)
@@ -5716,8 +5764,9 @@ class Supervisor:
             if to_start and not self.shutting_down:
                 self.start_many(to_start, reason="reload")
             self._notify_all()
-        for name, error in errors.items():
-            _log().error("reload: %s", error)
+        for error in errors.values():
+            for problem in error.every():
+                _log().error("reload: %s", problem)
         _log().info(
             "reload: added %s; removed %s; changed %s; %d unchanged",
             ", ".join(added) or "-",

@@ -607,6 +607,54 @@ def test_validate_reports_every_problem_with_file_and_line(tmp_path):
     ]
 
 
+def test_every_problem_in_a_file_is_reported_once(tmp_path):
+    """Independent mistakes are all found in one pass, in file order; a wrong value is not
+    reported again as a missing one; a key in the wrong table says which table it belongs in."""
+    text = textwrap.dedent(
+        """\
+        [service]
+        exec = 5
+        restart = "always"
+        status = "maybe"
+
+        [lifecycle]
+        stop_timeout_ms = -1
+        stop_signal = "SIGNOPE"
+
+        [health]
+        type = "udp"
+
+        [dependencies]
+        requires = ["ok", "no way"]
+        """
+    )
+    with pytest.raises(zinit.ConfigError) as caught:
+        zinit.parse_unit_text(text, "web.toml", "web")
+    problems = [str(problem) for problem in caught.value.every()]
+    assert problems == [
+        "web.toml:3:1: service.restart: unknown key here: it belongs in [lifecycle]",
+        "web.toml:14:12: dependencies.requires: 'no way' is not a unit name",
+        "web.toml:2:8: service.exec: expected a string, got 5",
+        "web.toml:4:10: service.status: expected start, stop or ignore, got 'maybe'",
+        "web.toml:8:15: lifecycle.stop_signal: expected a signal name or number, got 'SIGNOPE'",
+        "web.toml:7:19: lifecycle.stop_timeout_ms: expected an integer >= 0, got -1",
+        "web.toml:11:8: health.type: expected http, tcp or exec, got 'udp'",
+    ]
+    assert str(caught.value) == problems[0] + " (and 6 more in this file)"
+    assert [p["key"] for p in caught.value.to_dict()["also"]] == [
+        p.key for p in caught.value.every()[1:]
+    ]
+
+    (tmp_path / "web.toml").write_text(text)
+    (tmp_path / "ok.toml").write_text('[service]\nexec = "sleep 1"\n')
+    result = _validate(tmp_path)
+    assert result.returncode == 1, result
+    lines = result.stdout.splitlines()
+    assert lines == [f"error: {tmp_path}/{p}" for p in problems] + [
+        f"{tmp_path}: 1 unit(s), 7 error(s)"
+    ]
+
+
 def test_validate_names_toml_entries_that_are_no_files(tmp_path):
     """A dangling link or a directory named *.toml is an error; an editor's hidden lock is not."""
     (tmp_path / "ok.toml").write_text('[service]\nexec = "sleep 1"\n')

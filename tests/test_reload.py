@@ -132,6 +132,7 @@ def test_broken_file_keeps_the_old_config(daemon):
             "col": 1,
             "reason": BROKEN_KEY.split(": ", 1)[1],
             "message": message,
+            "also": [],
         }
     ]
     web = daemon.status("web")
@@ -163,6 +164,25 @@ def test_issue_2_broken_file_on_reload_shows_in_the_list_table(daemon):
     assert table.returncode == 0, table.stderr
     [row] = [line for line in table.stdout.splitlines() if line.startswith("web ")]
     assert "service.restat" in row, table.stdout
+
+
+def test_a_file_with_several_problems_reports_them_all_on_reload(daemon):
+    """The reply and the unit's warning carry the first problem and say how many more there
+    are; the reply's ``also`` and the daemon log have each of the others."""
+    daemon.service("web", "sleep 1000", lifecycle=QUICK)
+    daemon.start()
+    daemon.wait_state("web", "Running")
+    path = daemon.write("web", '[service]\nexec = "sleep 1000"\nrestat = "x"\nstatus = 7\n')
+    reply = json.loads(daemon.cli("--json", "reload").stdout)
+    [error] = reply["errors"]
+    first = f"{path}:3:1: service.restat: {BROKEN_KEY.split(': ', 1)[1]}"
+    second = f"{path}:4:10: service.status: expected start, stop or ignore, got 7"
+    assert error["message"] == first + " (and 1 more in this file)"
+    assert [problem["message"] for problem in error["also"]] == [second]
+    warning = f"config file has an error, still using the old config: {error['message']}"
+    assert warning in daemon.status("web")["warnings"]
+    log = daemon.log()
+    assert f"reload: {first}\n" in log and f"reload: {second}\n" in log, log
 
 
 def test_new_broken_file_is_listed_as_failed(daemon):
