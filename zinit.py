@@ -5995,9 +5995,16 @@ class _Acceptor:
         self.watcher.start(self._on_readable)
 
     def _on_readable(self) -> None:
+        try:
+            self._accept_some()
+        except Exception:  # noqa: BLE001 - libev would stop this watcher for good
+            _log().exception("accepting clients on %s failed", self.address)
+            self._pause()
+
+    def _accept_some(self) -> None:
         import errno
 
-        for _ in range(_ACCEPT_BATCH):
+        for attempt in range(_ACCEPT_BATCH):
             try:
                 client, _ = self.listener.accept()
             except BlockingIOError:
@@ -6005,6 +6012,11 @@ class _Acceptor:
             except OSError as error:
                 if error.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     continue  # that client gave up (ECONNABORTED...); the next may not have
+                if attempt:
+                    # accept(2) takes the fd before it looks at the queue, so after a
+                    # client took the last fd this says nothing about a waiting one.
+                    # If there is one, the watcher fires again at once.
+                    return
                 if not self.starved:
                     self.starved = True
                     _log().warning(
@@ -6013,15 +6025,18 @@ class _Acceptor:
                         error.strerror,
                         _ACCEPT_PAUSE_S,
                     )
-                self.watcher.stop()
-                self.pause = self.runtime.loop.timer(_ACCEPT_PAUSE_S)
-                self.pause.start(self._resume)
+                self._pause()
                 return
             if self.starved:
                 self.starved = False
                 _log().info("accepting clients on %s again", self.address)
             client.setblocking(False)
             self.runtime.gevent.spawn(self.handle, client)
+
+    def _pause(self) -> None:
+        self.watcher.stop()
+        self.pause = self.runtime.loop.timer(_ACCEPT_PAUSE_S)
+        self.pause.start(self._resume)
 
     def _resume(self) -> None:
         self.pause.close()

@@ -17,6 +17,7 @@ import subprocess
 import threading
 import time
 
+import psutil
 import pytest
 from conftest import PYTHON, ROOT, wait_until
 
@@ -620,12 +621,14 @@ def test_out_of_fds_the_proxy_copies_then_pauses_accepting_and_recovers(daemon):
     daemon.start()
     proxy(daemon, listen, back, "echo", connect_timeout=20)
     assert round_trip(listen, b"warm up") == b"warm up"
-    before = steady_fd_count(daemon)
+    steady_fd_count(daemon)
     pid = daemon.proc.pid
-    highest = max(int(fd) for fd in os.listdir(f"/proc/{pid}/fd"))
+    taken = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+    free = sorted(set(range(max(taken) + 3)) - taken)
     limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
-    # Room for exactly two more fds: the first client and its backend connection.
-    resource.prlimit(pid, resource.RLIMIT_NOFILE, (max(before, highest + 1) + 2, limits[1]))
+    # Room for exactly two more fds (the lowest free numbers, which the kernel hands
+    # out first): the first client and its backend connection.
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (free[1] + 1, limits[1]))
     try:
         with connect(listen) as first:
             first.sendall(b"first")
@@ -634,6 +637,13 @@ def test_out_of_fds_the_proxy_copies_then_pauses_accepting_and_recovers(daemon):
                 second.sendall(b"second")
                 # No RPC here: the control socket needs an fd too.
                 wait_until(lambda: f"cannot accept clients on {listen}" in daemon.log())
+                # The listener stays readable: a daemon that kept trying would burn a core.
+                # A window to watch, not a wait for something (nothing is to happen).
+                cpu = psutil.Process(pid).cpu_times
+                spent = sum(cpu()[:2])
+                time.sleep(1.0)
+                spent = sum(cpu()[:2]) - spent
+                assert spent < 0.3, f"{spent:.2f} s of CPU in 1 s while no fd was free"
                 first.shutdown(socket.SHUT_WR)
                 assert read_to_eof(first) == b""
                 first.close()
