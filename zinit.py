@@ -211,15 +211,33 @@ class ConfigError(ZinitError):
         return [first, *self.also] if self.also else [self]
 
     def to_dict(self) -> dict[str, Any]:
+        """The wire form: ``message`` is this problem alone; ``also`` holds the others."""
         return {
             "file": self.path,
             "key": self.key,
             "line": self.line,
             "col": self.col,
             "reason": self.reason,
-            "message": str(self),
+            "message": str(self.every()[0]),
             "also": [problem.to_dict() for problem in self.also],
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ConfigError:
+        """Rebuild what to_dict() gave (the client's side of an error reply)."""
+        error = cls(
+            str(data["file"]),
+            str(data.get("reason") or data.get("message") or "invalid"),
+            key=data.get("key"),
+            line=data.get("line"),
+            col=data.get("col"),
+        )
+        also = data.get("also")
+        if isinstance(also, list):
+            error.also = tuple(
+                cls.from_dict(d) for d in also if isinstance(d, dict) and "file" in d
+            )
+        return error
 
 
 class UnitNotFound(ZinitError):
@@ -508,6 +526,7 @@ class _UnitParser:
         self.name = name
         self.positions = _key_positions(text)
         self.problems: list[ConfigError] = []
+        self.tables: tuple[str, ...] = ()  # the tables this kind of file may hold
 
     def error(self, key: str, reason: str, *, at_key: bool = False) -> ConfigError:
         line, key_col, value_col = self.positions.get(key, (None, None, None))
@@ -537,8 +556,8 @@ class _UnitParser:
             if key in _TABLES[name]:
                 known[key] = item
             else:
-                home = [t for t, keys in _TABLES.items() if key in keys and t != "xinet"]
-                if home and name != "xinet":
+                home = [t for t in self.tables if key in _TABLES[t]]
+                if home:
                     reason = f"unknown key here: it belongs in [{home[0]}]"
                 else:
                     reason = f"unknown key (allowed: {', '.join(_TABLES[name])})"
@@ -588,10 +607,14 @@ class _UnitParser:
         if not isinstance(value, list):
             self.problem(dotted, f"expected a list of unit names, got {value!r}")
             return ()
+        unique: list[Any] = []  # items may be unhashable (a list in the list)
         for item in value:
+            if item in unique:
+                continue
+            unique.append(item)
             if not is_unit_name(item):
                 self.problem(dotted, f"{item!r} is not a unit name")
-        return tuple(dict.fromkeys(item for item in value if is_unit_name(item)))
+        return tuple(item for item in unique if is_unit_name(item))
 
     def parse(self, data: dict[str, Any]) -> UnitConfig | XinetConfig:
         if "xinet" in data:
@@ -606,7 +629,13 @@ class _UnitParser:
             )
             self.check()
         kind = kinds[0]
+        if kind == "target":
+            self.tables = ("target", "dependencies")
+        else:
+            self.tables = ("service", "dependencies", "lifecycle", "health", "logging")
         head = self.table(data, kind)
+        if not isinstance(data[kind], dict):
+            self.check()  # nothing else can be said about such a file
         declared = self.string(head, f"{kind}.name")
         if declared is not None and declared != self.name:
             self.problem(
@@ -624,8 +653,10 @@ class _UnitParser:
             return UnitConfig(**fields, status="start", exec="")
         fields.update(self.service_fields(head))
         fields.update(self.lifecycle_fields(self.table(data, "lifecycle"), fields["oneshot"]))
-        if "health" in data:
+        if isinstance(data.get("health"), dict):
             fields["health"] = self.health(self.table(data, "health"))
+        elif "health" in data:
+            self.problem("health", "expected a table", at_key=True)
         logging_table = self.table(data, "logging")
         fields["buffer_lines"] = self.integer(
             logging_table, "logging.buffer_lines", 1000, minimum=1
@@ -671,6 +702,7 @@ class _UnitParser:
             stop_signal = parse_signal(stop_signal)
         except ValueError as error:
             self.problem("lifecycle.stop_signal", str(error))
+        known = len(self.problems)
         fields = {
             "restart": self.choice(
                 table, "lifecycle.restart", _RESTART_POLICIES, "never" if oneshot else "always"
@@ -682,7 +714,12 @@ class _UnitParser:
             "restart_delay_max_ms": self.integer(table, "lifecycle.restart_delay_max_ms", 60_000),
             "max_restarts": self.integer(table, "lifecycle.max_restarts", 0),
         }
-        if fields["restart_delay_max_ms"] < fields["restart_delay_ms"]:
+        # Only between two values as written: a bad one was replaced by its default.
+        delays_as_written = not any(
+            p.key in ("lifecycle.restart_delay_ms", "lifecycle.restart_delay_max_ms")
+            for p in self.problems[known:]
+        )
+        if delays_as_written and fields["restart_delay_max_ms"] < fields["restart_delay_ms"]:
             self.problem(
                 "lifecycle.restart_delay_max_ms",
                 f"must be >= restart_delay_ms ({fields['restart_delay_ms']}), "
@@ -694,11 +731,11 @@ class _UnitParser:
         if "type" not in table:
             self.problem("health.type", "required: http, tcp or exec", at_key=True)
             return None
-        known_type = table["type"] in _HEALTH_TYPES  # else what it needs is unknown
+        known = len(self.problems)
         kind = self.choice(table, "health.type", _HEALTH_TYPES, "http")
         endpoint = self.string(table, "health.endpoint", "") or ""
         command = self.string(table, "health.command", "") or ""
-        if known_type:
+        if len(self.problems) == known:  # else the type, or what it needs, is unknown
             self.health_target(kind, endpoint, command)
         return HealthConfig(
             type=kind,
@@ -738,6 +775,8 @@ class _UnitParser:
             if key != "xinet":
                 self.problem(key, "a file with [xinet] holds nothing else", at_key=True)
         table = self.table(data, "xinet")
+        if not isinstance(data["xinet"], dict):
+            self.check()
         declared = self.string(table, "xinet.name")
         if declared is not None and declared != self.name:
             self.problem("xinet.name", f"must equal the file name {self.name!r}, got {declared!r}")
@@ -806,7 +845,8 @@ def parse_address(text: str) -> tuple[str, Any]:
     Returns ("tcp", (host, port)) or ("unix", path); raises ValueError.
     """
     if not isinstance(text, str):
-        raise ValueError(f"expected an address string, got {text!r}")  # noqa: TRY004 - one error type for every bad value
+        # ValueError, not TypeError: one error type for every bad value.
+        raise ValueError(f"expected an address string, got {text!r}")  # noqa: TRY004
     if text.startswith("unix:"):
         path = text[len("unix:") :]
         if not path.startswith("/") or "\0" in path:
@@ -1432,13 +1472,7 @@ def _error_from_reply(error: dict[str, Any]) -> ZinitError:
     if cls is UnitNotFound:
         result = UnitNotFound(data.get("name", "?") if isinstance(data, dict) else "?")
     elif cls is ConfigError and isinstance(data, dict) and "file" in data:
-        result = ConfigError(
-            data["file"],
-            data.get("reason") or message,
-            key=data.get("key"),
-            line=data.get("line"),
-            col=data.get("col"),
-        )
+        result = ConfigError.from_dict({"reason": message, **data})
     elif cls is not None and cls is not ConfigError:
         result = cls(message)
     else:
@@ -2107,9 +2141,8 @@ def _cmd_why(args: argparse.Namespace, out: _Output) -> int:
     if why.get("history"):
         out.line("  history:")
         for entry in why["history"]:
-            out.line(
-                f"    {_format_time(entry['time'])} {entry['from']} -> {entry['to']}: {entry['reason']}"
-            )
+            when = _format_time(entry["time"])
+            out.line(f"    {when} {entry['from']} -> {entry['to']}: {entry['reason']}")
     return 0
 
 
@@ -2135,7 +2168,8 @@ def _cmd_reload(args: argparse.Namespace, out: _Output) -> int:
     for key in ("added", "removed", "changed", "unchanged"):
         out.line(f"{key}: {', '.join(result[key]) or '-'}")
     for error in result["errors"]:
-        print(f"zinit: reload: {error['message']}", file=sys.stderr)
+        for problem in [error, *error.get("also", [])]:
+            print(f"zinit: reload: {problem['message']}", file=sys.stderr)
     for key in ("added", "removed", "changed"):
         if proxies.get(key):
             out.line(f"xinet {key}: {', '.join(proxies[key])}")
@@ -2407,9 +2441,10 @@ def _cmd_xinet_status(args: argparse.Namespace, out: _Output) -> int:
             f"{proxy['refused']} refused"
         )
         out.line(f"  bytes:       {proxy['bytes_in']} in, {proxy['bytes_out']} out")
+        single = ", single connection" if proxy["single_connection"] else ""
         out.line(
             f"  timeouts:    connect {proxy['connect_timeout']:g}s, idle "
-            f"{proxy['idle_timeout']:g}s{', single connection' if proxy['single_connection'] else ''}"
+            f"{proxy['idle_timeout']:g}s{single}"
         )
         if proxy.get("last_error"):
             out.line(f"  last error:  {proxy['last_error']}")
@@ -2597,7 +2632,8 @@ def cli_main(argv: list[str]) -> int:
     try:
         return args.handler(args, out)
     except ZinitError as error:
-        print(f"zinit: {error}", file=sys.stderr)
+        for problem in error.every() if isinstance(error, ConfigError) else [error]:
+            print(f"zinit: {problem}", file=sys.stderr)
         if isinstance(error, RpcError) and error.code in (INVALID_PARAMS, INVALID_REQUEST):
             return 2
         return _fault_of(error)[1]
@@ -2739,7 +2775,10 @@ def _tui_outcome(result: Any) -> str:
 
 def _tree_lines(forest: list[dict[str, Any]], ascii_only: bool) -> list[tuple[str, str | None]]:
     """Flatten ``zinit tree`` nodes into (text before the state, state) lines."""
-    branch, last_branch, pipe = ("|- ", "`- ", "|  ") if ascii_only else ("├─ ", "└─ ", "│  ")
+    if ascii_only:
+        branch, last_branch, pipe = "|- ", "`- ", "|  "
+    else:
+        branch, last_branch, pipe = "├─ ", "└─ ", "│  "
     lines: list[tuple[str, str | None]] = []
 
     def walk(node: dict[str, Any], prefix: str, last: bool, root: bool) -> None:
@@ -4846,7 +4885,8 @@ class Service:
             self.health = "unhealthy"
             self._begin_stopping(
                 "unhealthy",
-                f"unhealthy: {self.probe_failures} health checks failed in a row ({message.detail})",
+                f"unhealthy: {self.probe_failures} health checks failed in a row "
+                f"({message.detail})",
             )
 
     # -- stopping ----------------------------------------------------------

@@ -655,6 +655,51 @@ def test_every_problem_in_a_file_is_reported_once(tmp_path):
     ]
 
 
+ONE_MISTAKE = [
+    ("a wrong type is not also missing", '[service]\nexec = "x"\n[health]\ntype = "tcp"\nendpoint = 5\n',
+     "u.toml:5:12: health.endpoint: expected a string, got 5"),
+    ("a table that is no table", 'service = "x"\n', "u.toml:1:1: service: expected a table"),
+    ("an [xinet] that is no table", "xinet = 5\n", "u.toml:1:1: xinet: expected a table"),
+    ("a bad delay is not compared",
+     '[service]\nexec = "x"\n[lifecycle]\nrestart_delay_ms = -1\nrestart_delay_max_ms = 500\n',
+     "u.toml:4:20: lifecycle.restart_delay_ms: expected an integer >= 0, got -1"),
+    ("a target's own table first", "[target]\n[dependencies]\nname = \"u\"\n",
+     "u.toml:3:1: dependencies.name: unknown key here: it belongs in [target]"),
+    ("no hint at a table a target cannot have", '[target]\nexec = "true"\n',
+     "u.toml:2:1: target.exec: unknown key (allowed: name)"),
+    ("a name listed twice", '[service]\nexec = "x"\n[dependencies]\nrequires = ["b c", "b c", [1]]\n',
+     "u.toml:4:12: dependencies.requires: 'b c' is not a unit name"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "first"), [(t, f) for _, t, f in ONE_MISTAKE], ids=[i for i, _, _ in ONE_MISTAKE]
+)
+def test_one_mistake_is_reported_once(text, first):
+    with pytest.raises(zinit.ConfigError) as caught:
+        zinit.parse_unit_text(text, "u.toml", "u")
+    problems = [str(problem) for problem in caught.value.every()]
+    if "[1]" in text:
+        assert problems == [first, "u.toml:4:12: dependencies.requires: [1] is not a unit name"]
+    else:
+        assert problems == [first]
+
+
+def test_every_problem_survives_the_rpc_boundary(daemon):
+    """add-service of a file with two problems: the CLI prints both, the client gets both."""
+    daemon.start()
+    text = '[service]\nexec = 5\nstatus = "maybe"\n'
+    result = daemon.cli("add-service", "-", "--name", "web", input=text)
+    assert result.returncode == 1, result
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and "service.exec: expected a string, got 5" in lines[0], lines
+    assert "service.status: expected start, stop or ignore, got 'maybe'" in lines[1], lines
+    with pytest.raises(zinit.ConfigError) as caught:
+        daemon.call("add_service", toml=text, name="web")
+    assert [p.key for p in caught.value.every()] == ["service.exec", "service.status"]
+    assert str(caught.value).endswith("(and 1 more in this file)")
+
+
 def test_validate_names_toml_entries_that_are_no_files(tmp_path):
     """A dangling link or a directory named *.toml is an error; an editor's hidden lock is not."""
     (tmp_path / "ok.toml").write_text('[service]\nexec = "sleep 1"\n')
