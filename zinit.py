@@ -206,7 +206,7 @@ class ConfigError(ZinitError):
         return text
 
     def every(self) -> list[ConfigError]:
-        """This problem and the file's others, in file order, each on its own."""
+        """This problem and the file's others, in the order found, each on its own."""
         first = ConfigError(self.path, self.reason, key=self.key, line=self.line, col=self.col)
         return [first, *self.also] if self.also else [self]
 
@@ -607,10 +607,14 @@ class _UnitParser:
         if not isinstance(value, list):
             self.problem(dotted, f"expected a list of unit names, got {value!r}")
             return ()
-        unique: list[Any] = []  # items may be unhashable (a list in the list)
+        seen: set[Any] = set()
+        unique: list[Any] = []
         for item in value:
-            if item in unique:
+            # Items may be unhashable (a list in the list): those are told apart by repr.
+            identity = item if isinstance(item, str) else (type(item), repr(item))
+            if identity in seen:
                 continue
+            seen.add(identity)
             unique.append(item)
             if not is_unit_name(item):
                 self.problem(dotted, f"{item!r} is not a unit name")
