@@ -3547,6 +3547,12 @@ class _Runtime:
         self.clock = time.monotonic
 
     def _on_any_exit(self, watcher: Any) -> None:
+        if _log().isEnabledFor(10):
+            try:
+                how = describe_exit(os.waitstatus_to_exitcode(watcher.rstatus))
+            except ValueError:
+                how = f"wait status {watcher.rstatus}"
+            _log().debug("reaped pid %d (%s)", watcher.rpid, how)
         for event in self._exit_waiters:
             event.set()
 
@@ -4799,6 +4805,15 @@ class Service:
             return
         self.process = popen
         self.pid = popen.pid
+        _log().debug(
+            "%s: spawned pid %d: %s (dir %s, user %s, cgroup %s)",
+            self.name,
+            popen.pid,
+            self.config.exec,
+            self.config.dir or "inherited",
+            self.config.user or "inherited",
+            self._leaf or "none",
+        )
         self.exit_code = None
         self.succeeded = False
         self.started_at = self.clock()
@@ -4869,6 +4884,12 @@ class Service:
         health = self.config.health
         if message.generation != self._probe_generation or health is None:
             return
+        _log().debug(
+            "%s: health check %s: %s",
+            self.name,
+            "passed" if message.ok else "failed",
+            message.detail,
+        )
         if message.ok:
             self.probe_failures = 0
             self.health = "healthy"
@@ -4918,6 +4939,13 @@ class Service:
     def _begin_stopping(self, purpose: str, reason: str) -> None:
         self._stop_purpose = purpose
         self._stop_probes()
+        _log().debug(
+            "%s: sending %s to process group %s%s",
+            self.name,
+            signal_name(self.config.stop_signal),
+            self.pid,
+            f" and cgroup {self._leaf}" if self._leaf else "",
+        )
         _signal_tree(self.pid, self._leaf, self.config.stop_signal)
         self._set_state(State.STOPPING, reason)
         self._set_deadline(self.config.stop_timeout_ms / 1000, self._stop_timed_out)
@@ -4945,6 +4973,7 @@ class Service:
         if message.pid != self.pid:
             return
         code = message.code
+        _log().debug("%s: pid %d %s", self.name, message.pid, describe_exit(code))
         pgid = self.pid
         # A stop signalled the whole tree already: the leftovers get no second
         # signal (to many programs a second SIGTERM means "quit now"), only
@@ -6237,6 +6266,17 @@ def _copy_until_eof(
         moved(count)
 
 
+def _peer_name(sock: socket.socket) -> str:
+    """A client's address for the log: host:port, or the unix socket it came through."""
+    try:
+        peer = sock.getpeername()
+    except OSError:
+        return "a client"
+    if isinstance(peer, tuple):
+        return f"{peer[0]}:{peer[1]}" if sock.family == socket.AF_INET else f"[{peer[0]}]:{peer[1]}"
+    return f"a client on {sock.getsockname() or 'a unix socket'}"
+
+
 class XinetProxy:
     """One proxy: its listeners, its connections and their counters."""
 
@@ -6258,6 +6298,7 @@ class XinetProxy:
         self.last_error: str | None = None
         self._idle: Any = None
         self._backend: tuple[int, Any] | None = None  # resolved once, not per client
+        self.debug = _log().isEnabledFor(10)  # the level is set at start
 
     def open(self) -> None:
         """Start listening on every address; all or nothing."""
@@ -6335,16 +6376,28 @@ class XinetProxy:
             self._idle.kill(block=False)
             self._idle = None
         backend = None
+        moved = {"bytes_in": 0, "bytes_out": 0}
+        peer = _peer_name(client) if self.debug else ""
         try:
             if client.family != socket.AF_UNIX:
                 client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             backend = self._activate()
             if backend is not None:
-                self._forward(client, backend)
+                if self.debug:
+                    _log().debug("xinet %s: %s connected to the backend", self.config.name, peer)
+                self._forward(client, backend, moved)
         finally:
             client.close()
             if backend is not None:
                 backend.close()
+            if self.debug:
+                _log().debug(
+                    "xinet %s: %s closed (%d bytes in, %d out)",
+                    self.config.name,
+                    peer,
+                    moved["bytes_in"],
+                    moved["bytes_out"],
+                )
             self.active -= 1
             if not self.active and self.config.idle_timeout_s > 0 and self.acceptors:
                 self._idle = gevent.spawn(self._stop_when_idle)
@@ -6400,18 +6453,21 @@ class XinetProxy:
             delay = min(max(_CONNECT_RETRY_MIN_S, (now - started) / 200), _CONNECT_RETRY_MAX_S)
             gevent.sleep(min(delay, max(0.0, remaining)))
 
-    def _forward(self, client: Any, backend: Any) -> None:
-        """Pump client → backend in a greenlet of its own, backend → client in this one."""
+    def _forward(self, client: Any, backend: Any, moved: dict[str, int]) -> None:
+        """Pump client → backend in a greenlet of its own, backend → client in this one.
+
+        Counts the bytes in ``moved`` (this connection's) and in the proxy's totals.
+        """
         import gevent
 
-        upstream = gevent.spawn(self._pump, client, backend, "bytes_in")
+        upstream = gevent.spawn(self._pump, client, backend, "bytes_in", moved)
         try:
-            self._pump(backend, client, "bytes_out")
+            self._pump(backend, client, "bytes_out", moved)
             upstream.join()
         finally:
             upstream.kill(block=True)
 
-    def _pump(self, source: Any, target: Any, counter: str) -> None:
+    def _pump(self, source: Any, target: Any, counter: str, moved_here: dict[str, int]) -> None:
         """Move bytes one way until EOF, then pass the half-close on.
 
         splice(2) moves them inside the kernel; where it refuses the sockets,
@@ -6423,6 +6479,7 @@ class XinetProxy:
 
         def moved(count: int) -> None:
             setattr(self, counter, getattr(self, counter) + count)
+            moved_here[counter] += count
 
         try:
             ends = (
@@ -6600,6 +6657,9 @@ class _RpcServer:
         self.server: Any = None
         self.on_shutdown: Callable[[str], None] | None = None
         self.handlers = {method.name: getattr(self, method.handler_name) for method in _METHODS}
+        # Looked up once: the level is set at start, and status is a hot path.
+        self.debug = _log().isEnabledFor(10)
+        self.trace = _log().isEnabledFor(5)
 
     # -- the socket --------------------------------------------------------
 
@@ -6670,7 +6730,11 @@ class _RpcServer:
                     continue
                 if not line.strip():
                     continue
+                if self.trace:
+                    _log().log(5, "rpc <- %s", line[:500].decode("utf-8", "replace").rstrip())
                 reply, follows = self._handle_frame(line, connection)
+                if self.trace and reply is not None:
+                    _log().log(5, "rpc -> %s", json.dumps(reply, default=str)[:500])
                 if reply is not None:
                     connection.send(reply)
                 for follow in follows:  # streams start after the reply that opens them
@@ -6732,8 +6796,12 @@ class _RpcServer:
             ), None
         try:
             arguments = _bind_params(method, request.get("params"))
+            if self.debug:
+                _log().debug("rpc %s %s", method.name, json.dumps(arguments, default=str)[:300])
             result = self.handlers[method.name](connection, **arguments)
         except ZinitError as error:
+            if self.debug:
+                _log().debug("rpc %s: error: %s", method.name, error)
             data = error.to_dict() if isinstance(error, ConfigError) else None
             if isinstance(error, UnitNotFound):
                 data = {"name": error.name}
@@ -7003,6 +7071,7 @@ def _configure_logging(level_name: str) -> _BackgroundWriter:
         "warning": logging.WARNING,
         "error": logging.ERROR,
     }
+    logging.addLevelName(5, "TRACE")
     level = levels.get(level_name.lower())
     if level is None:
         print(

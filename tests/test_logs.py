@@ -199,3 +199,84 @@ def test_flooding_service_does_not_stall_the_control_socket(daemon):
     assert len(entries(daemon, "flood")) <= 1000
     result = daemon.cli("stop", "flood")
     assert result.returncode == 0, result.stderr
+
+
+def _daemon_log_test_setup(daemon, level):
+    """A unit with an exec health check, a TCP proxy in front of an echo service; returns
+    the proxy's address.  Runs one RPC error, one xinet round trip and one stop."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        listen = f"127.0.0.1:{probe.getsockname()[1]}"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        back_port = probe.getsockname()[1]
+    echo = (
+        "import socket\n"
+        f"s = socket.create_server(('127.0.0.1', {back_port}))\n"
+        "while True:\n"
+        "    c, _ = s.accept()\n"
+        "    c.sendall(c.recv(100))\n"
+        "    c.close()\n"
+    )
+    daemon.service(
+        "web",
+        shlex.join([PYTHON, "-c", echo]),
+        health='type = "exec"\ncommand = "true"\ninterval_ms = 60000\n',
+        lifecycle="stop_timeout_ms = 5000\n",
+    )
+    daemon.start(env={"ZINIT_LOG_LEVEL": level})
+    daemon.wait_state("web", "Running")
+    daemon.call(
+        "xinet_set", name="px", listen=[listen], backend=f"127.0.0.1:{back_port}", service="web"
+    )
+    host, port = listen.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"hello")
+        assert sock.recv(100) == b"hello"
+    assert daemon.cli("status", "nosuch").returncode == 1
+    daemon.call("stop", name="web")
+    daemon.wait_state("web", "Exited", "Inactive")
+    return listen
+
+
+def test_debug_log_says_what_the_daemon_did(daemon):
+    """ZINIT_LOG_LEVEL=debug: the command spawned, the health checks, the RPC calls, the
+    proxy's connections, the signal sent to stop and how the process ended."""
+    _daemon_log_test_setup(daemon, "debug")
+    expected = [
+        "web: spawned pid ",
+        "(dir inherited, user inherited, cgroup ",
+        "web: health check passed: ",
+        'DEBUG rpc status {"name": "nosuch"}',
+        "DEBUG rpc status: error: unknown unit 'nosuch'",
+        "xinet px: 127.0.0.1:",
+        "connected to the backend",
+        "closed (5 bytes in, 5 out)",
+        "web: sending SIGTERM to process group ",
+        "killed by SIGTERM",
+        "reaped pid ",
+    ]
+    wait_until(
+        lambda: all(text in daemon.log() for text in expected),
+        what="every debug line",
+    )
+    assert "rpc <- " not in daemon.log()  # frames are for trace
+
+
+def test_info_log_has_no_debug_lines(daemon):
+    _daemon_log_test_setup(daemon, "info")
+    wait_until(lambda: "web: Stopping -> " in daemon.log(), what="the stop in the log")
+    log = daemon.log()
+    assert "web: Running -> Stopping" in log
+    for text in ("DEBUG", "spawned pid", "rpc status", "health check passed:", "reaped pid"):
+        assert text not in log, text
+
+
+def test_trace_log_shows_rpc_frames(daemon):
+    daemon.start(env={"ZINIT_LOG_LEVEL": "trace"})
+    assert daemon.call("ping")["pong"] is True
+    wait_until(lambda: 'TRACE rpc <- {"jsonrpc":"2.0"' in daemon.log(), what="the request frame")
+    wait_until(lambda: 'TRACE rpc -> {"jsonrpc": "2.0"' in daemon.log(), what="the reply frame")
+    assert '"pong": true' in daemon.log()
