@@ -206,7 +206,7 @@ class ConfigError(ZinitError):
         return text
 
     def every(self) -> list[ConfigError]:
-        """This problem and the file's others, in the order found, each on its own."""
+        """This problem and the file's others, in file order, each on its own."""
         first = ConfigError(self.path, self.reason, key=self.key, line=self.line, col=self.col)
         return [first, *self.also] if self.also else [self]
 
@@ -540,9 +540,9 @@ class _UnitParser:
         self.problems.append(self.error(key, reason, at_key=at_key))
 
     def check(self) -> None:
-        """Raise what was found so far, if anything: the first, with the rest in ``also``."""
+        """Raise what was found so far, if anything: the first in the file, the rest in ``also``."""
         if self.problems:
-            first, *rest = self.problems
+            first, *rest = sorted(self.problems, key=lambda p: (p.line or 0, p.col or 0))
             first.also = tuple(rest)
             raise first
 
@@ -623,9 +623,16 @@ class _UnitParser:
     def parse(self, data: dict[str, Any]) -> UnitConfig | XinetConfig:
         if "xinet" in data:
             return self.xinet(data)
-        for key in data:
-            if key not in _TABLES:
+        for key, value in data.items():
+            if key in _TABLES:
+                continue
+            if isinstance(value, dict):
                 self.problem(key, f"unknown table (allowed: {', '.join(_TABLES)})", at_key=True)
+                continue
+            tables = ("service", "dependencies", "lifecycle", "health", "logging")
+            home = [t for t in tables if key in _TABLES[t]]
+            where = f"it belongs in [{home[0]}]" if home else "every key goes under a table"
+            self.problem(key, f"a key outside any table: {where}", at_key=True)
         kinds = [kind for kind in ("service", "target") if kind in data]
         if len(kinds) != 1:
             self.problems.append(
@@ -797,7 +804,8 @@ class _UnitParser:
                 path=self.path,
             )
         except _FieldError as error:
-            self.problem(f"xinet.{error.key}", error.reason)
+            for field in (error, *error.others):
+                self.problem(f"xinet.{field.key}", field.reason)
         self.check()
         return config
 
@@ -841,6 +849,7 @@ class _FieldError(Exception):
         super().__init__(f"{key}: {reason}")
         self.key = key
         self.reason = reason
+        self.others: list[_FieldError] = []  # the definition's other bad fields
 
 
 def parse_address(text: str) -> tuple[str, Any]:
@@ -871,27 +880,41 @@ def xinet_config(
     single_connection: object = False,
     path: str = "",
 ) -> XinetConfig:
-    """Validate a proxy definition; raise _FieldError naming the bad field."""
+    """Validate a proxy definition; raise _FieldError naming the bad field.
+
+    Every bad field is found: the first is raised with the others in its ``others``.
+    """
+    problems: list[_FieldError] = []
     if not is_unit_name(name):
-        raise _FieldError("name", f"{name!r} is not a valid name")
+        problems.append(_FieldError("name", f"{name!r} is not a valid name"))
     if not isinstance(listen, list | tuple) or not listen:
-        raise _FieldError("listen", "required: one or more addresses")
+        problems.append(_FieldError("listen", "required: one or more addresses"))
+        listen = ()
     for field, values in (("listen", list(listen)), ("backend", [backend])):
         for value in values:
             try:
                 parse_address(value)  # type: ignore[arg-type]
             except ValueError as error:
-                raise _FieldError(field, str(error)) from None
+                problems.append(_FieldError(field, str(error)))
+    repeated = sorted({str(a) for a in listen if list(listen).count(a) > 1})
+    if repeated:
+        problems.append(_FieldError("listen", f"{', '.join(repeated)} listed twice"))
     if not is_unit_name(service):
-        raise _FieldError("service", f"required: the unit to start, got {service!r}")
-    timeouts = {"connect_timeout": connect_timeout, "idle_timeout": idle_timeout}
-    for field, value in timeouts.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise _FieldError(field, f"expected seconds >= 0, got {value!r}")
-    if not connect_timeout:
-        raise _FieldError("connect_timeout", "must be more than 0 seconds")
+        problems.append(_FieldError("service", f"required: the unit to start, got {service!r}"))
+    for field, value, least in (
+        ("connect_timeout", connect_timeout, "> 0"),
+        ("idle_timeout", idle_timeout, ">= 0"),
+    ):
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or value < 0 or (least == "> 0" and not value):  # type: ignore[operator]
+            problems.append(_FieldError(field, f"expected seconds {least}, got {value!r}"))
     if not isinstance(single_connection, bool):
-        raise _FieldError("single_connection", f"expected true or false, got {single_connection!r}")
+        problems.append(
+            _FieldError("single_connection", f"expected true or false, got {single_connection!r}")
+        )
+    if problems:
+        problems[0].others = problems[1:]
+        raise problems[0]
     return XinetConfig(
         name=name,  # type: ignore[arg-type]
         listen=tuple(listen),  # type: ignore[arg-type]
@@ -2003,6 +2026,8 @@ def _cmd_status(args: argparse.Namespace, out: _Output) -> int:
 def _cmd_start(args: argparse.Namespace, out: _Output) -> int:
     if args.timeout is not None and not args.wait:
         raise UsageError("start: --timeout only applies with --wait")
+    if args.timeout is not None and not args.timeout > 0:
+        raise UsageError(f"start: --timeout: expected seconds > 0, got {args.timeout:g}")
     with _connect(args) as client:
         if not args.wait:
             client.start(args.name)
@@ -2179,6 +2204,11 @@ def _cmd_reload(args: argparse.Namespace, out: _Output) -> int:
             out.line(f"xinet {key}: {', '.join(proxies[key])}")
     for error in proxies.get("errors", []):
         print(f"zinit: reload: xinet {error['name']}: {error['message']}", file=sys.stderr)
+    for warning in proxies.get("warnings", []):
+        print(
+            f"zinit: reload: warning: xinet {warning['name']}: {warning['message']}",
+            file=sys.stderr,
+        )
     # The rest was applied; a file with an error still makes the command fail.
     return 1 if failed else 0
 
@@ -2186,18 +2216,26 @@ def _cmd_reload(args: argparse.Namespace, out: _Output) -> int:
 def _cmd_add_service(args: argparse.Namespace, out: _Output) -> int:
     name = args.name
     if args.source == "-":
-        text = sys.stdin.read()
+        text, source = sys.stdin.read(), "<stdin>"
     elif os.path.isfile(args.source):
         with open(args.source, encoding="utf-8") as stream:
-            text = stream.read()
+            text, source = stream.read(), args.source
         if name is None and args.source.endswith(".toml"):
             name = os.path.basename(args.source).removesuffix(".toml")
-    elif "[" in args.source:
-        text = args.source
+    elif "[" in args.source or "=" in args.source:
+        text, source = args.source, "<text>"
+    elif "/" in args.source or args.source.endswith(".toml"):
+        raise UsageError(f"add-service: {args.source}: no such file")
     else:
         raise UsageError(f"add-service: {args.source!r} is neither a file, '-' nor TOML text")
-    with _connect(args) as client:
-        result = client.add_service(text, name)
+    try:
+        with _connect(args) as client:
+            result = client.add_service(text, name)
+    except ConfigError as error:
+        # The daemon names the file it would have written; the user knows their source.
+        problems = [ConfigError.from_dict({**p.to_dict(), "file": source}) for p in error.every()]
+        problems[0].also = tuple(problems[1:])
+        raise problems[0] from None
     if out.as_json:
         out.json(result)
     else:
@@ -2362,8 +2400,8 @@ def validate_directory(
                 issue = at(config, f"dependencies.{kind}", f"{dep!r} is not defined")
                 (problems if kind == "requires" else warnings).append(issue)
     for name, proxy in sorted(proxies.items()):
-        if proxy.service not in units:
-            problems.append(at(proxy, "xinet.service", f"{proxy.service!r} is not defined"))
+        if proxy.service not in units:  # the daemon installs it all the same, and warns
+            warnings.append(at(proxy, "xinet.service", f"{proxy.service!r} is not defined"))
     return problems, warnings, units
 
 
@@ -4563,6 +4601,8 @@ class Service:
 
     def kill(self, signum: int) -> None:
         """Signal the unit's process group (and cgroup); the exit comes as a message."""
+        if self.config.is_target:
+            raise UnitStateError(f"{self.name!r} is a target: it has no process to signal")
         if self.pid is None:
             raise UnitStateError(f"{self.name!r} has no running process ({self.state})")
         _signal_tree(self.pid, self._leaf, signum)
@@ -5962,8 +6002,8 @@ def _declared_name(text: str) -> str:
         if isinstance(table, dict) and isinstance(table.get("name"), str):
             return table["name"]
     raise UsageError(
-        "add-service needs the unit's name: set [service].name (or [target].name), "
-        "or give a file named <name>.toml"
+        "add-service needs the unit's name: give --name, set [service].name (or "
+        "[target].name), or add a file named <name>.toml"
     )
 
 
@@ -6540,7 +6580,17 @@ class _Xinet:
 
         The old proxy's listeners close first, so that the same addresses can
         be bound again; if the new ones cannot be, the old proxy is restored.
+        An address another proxy listens on is refused, naming that proxy.
         """
+        wanted = {parse_address(address): address for address in config.listen}
+        for other in self.proxies.values():
+            if other.config.name == config.name:
+                continue
+            taken = [wanted[a] for a in map(parse_address, other.config.listen) if a in wanted]
+            if taken:
+                raise ZinitError(
+                    f"{', '.join(taken)}: proxy {other.config.name!r} listens there already"
+                )
         old = self.proxies.get(config.name)
         if old is not None:
             old.close_listeners()
@@ -6598,6 +6648,7 @@ class _Xinet:
             "changed": [],
             "unchanged": [],
             "errors": [],
+            "warnings": [],
         }
         for name in sorted(set(current) - set(configs)):
             self.proxies.pop(name).close()
@@ -6613,6 +6664,14 @@ class _Xinet:
                 result["errors"].append({"name": name, "message": str(error)})
                 continue
             result["changed" if name in current else "added"].append(name)
+        for name, config in sorted(configs.items()):
+            if name in self.proxies and config.service not in self.supervisor.units:
+                # Installed all the same: it works once the unit is added.
+                message = (
+                    f"service {config.service!r} is not defined; clients are closed until it is"
+                )
+                self.proxies[name]._fail(message)
+                result["warnings"].append({"name": name, "message": message})
         return result
 
     def close_all(self) -> None:
@@ -6926,7 +6985,8 @@ class _RpcServer:
                 single_connection=bool(single_connection),
             )
         except _FieldError as error:
-            raise UsageError(f"xinet set: {error.key}: {error.reason}") from None
+            fields = "; ".join(f"{e.key}: {e.reason}" for e in (error, *error.others))
+            raise UsageError(f"xinet set: {fields}") from None
         self.supervisor.unit(service)
         return self.xinet.set(config, "rpc").status()
 

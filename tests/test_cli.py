@@ -335,6 +335,44 @@ def test_add_service_from_file_stdin_and_text(running, tmp_path):
     running.wait_state("txt", "Exited")
 
 
+def test_add_service_names_the_source_in_its_errors(running, tmp_path):
+    """Errors point at the user's file (or stdin), in file order; a path that does not
+    exist says so; `key = value` text counts as TOML; the name hint mentions --name."""
+    source = tmp_path / "bad.toml"
+    source.write_text("[service]\nexec = 5\n[lifecycle]\nstop_timeout_ms = -1\n")
+    result = running.cli("add-service", str(source))
+    assert result.returncode == 1, result
+    assert result.stderr.splitlines() == [
+        f"zinit: {source}:2:8: service.exec: expected a string, got 5",
+        f"zinit: {source}:4:19: lifecycle.stop_timeout_ms: expected an integer >= 0, got -1",
+    ]
+    result = running.cli("add-service", "-", "--name", "x", input="[service]\nexec = 5\n")
+    assert result.stderr == "zinit: <stdin>:2:8: service.exec: expected a string, got 5\n"
+    assert not (running.config_dir / "bad.toml").exists()
+
+    result = running.cli("add-service", str(tmp_path / "nope.toml"))
+    assert result.returncode == 2, result
+    assert result.stderr == f"zinit: add-service: {tmp_path}/nope.toml: no such file\n"
+    result = running.cli("add-service", 'exec = "true"', "--name", "flat")
+    assert result.returncode == 1, result
+    assert "<text>:1:1: exec: a key outside any table: it belongs in [service]" in result.stderr
+    result = running.cli("add-service", "-", input='[service]\nexec = "true"\n')
+    assert result.returncode == 2 and "give --name" in result.stderr, result
+
+
+def test_kill_a_target_and_start_with_a_bad_timeout(running):
+    running.write("all", '[target]\n[dependencies]\nrequires = ["sleeper"]\n')
+    ok(running.cli("reload"))
+    running.wait_state("all", "Running")
+    result = running.cli("kill", "all")
+    assert result.returncode == 1, result
+    assert result.stderr == "zinit: 'all' is a target: it has no process to signal\n"
+    result = running.cli("start", "--wait", "--timeout", "-1", "idle")
+    assert result.returncode == 2, result
+    assert result.stderr == "zinit: start: --timeout: expected seconds > 0, got -1\n"
+    assert running.status("idle")["state"] == "Inactive"
+
+
 def test_remove_service(running):
     pid = running.status("sleeper")["pid"]
     out = ok(running.cli("remove-service", "sleeper"))

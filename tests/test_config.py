@@ -631,14 +631,14 @@ def test_every_problem_in_a_file_is_reported_once(tmp_path):
     with pytest.raises(zinit.ConfigError) as caught:
         zinit.parse_unit_text(text, "web.toml", "web")
     problems = [str(problem) for problem in caught.value.every()]
-    assert problems == [
-        "web.toml:3:1: service.restart: unknown key here: it belongs in [lifecycle]",
-        "web.toml:14:12: dependencies.requires: 'no way' is not a unit name",
+    assert problems == [  # in file order
         "web.toml:2:8: service.exec: expected a string, got 5",
+        "web.toml:3:1: service.restart: unknown key here: it belongs in [lifecycle]",
         "web.toml:4:10: service.status: expected start, stop or ignore, got 'maybe'",
-        "web.toml:8:15: lifecycle.stop_signal: expected a signal name or number, got 'SIGNOPE'",
         "web.toml:7:19: lifecycle.stop_timeout_ms: expected an integer >= 0, got -1",
+        "web.toml:8:15: lifecycle.stop_signal: expected a signal name or number, got 'SIGNOPE'",
         "web.toml:11:8: health.type: expected http, tcp or exec, got 'udp'",
+        "web.toml:14:12: dependencies.requires: 'no way' is not a unit name",
     ]
     assert str(caught.value) == problems[0] + " (and 6 more in this file)"
     assert [p["key"] for p in caught.value.to_dict()["also"]] == [

@@ -12,6 +12,16 @@ BROKEN_KEY = (
     "user, group, critical)"
 )
 
+#: reload's "xinet" part when no proxy file is there.
+NO_PROXY_CHANGES = {
+    "added": [],
+    "removed": [],
+    "changed": [],
+    "unchanged": [],
+    "errors": [],
+    "warnings": [],
+}
+
 
 def echo_env(daemon, name, value, **sections):
     """A service that prints its V and then sleeps: its log shows which config it runs."""
@@ -62,7 +72,7 @@ def test_reload_through_the_cli(daemon):
         "changed": ["change"],
         "unchanged": ["keep"],
         "errors": [],
-        "xinet": {"added": [], "removed": [], "changed": [], "unchanged": [], "errors": []},
+        "xinet": NO_PROXY_CHANGES,
     }
     check_four_cases(daemon, pids)
 
@@ -106,7 +116,7 @@ def test_reload_with_nothing_changed_touches_nothing(daemon):
         "changed": [],
         "unchanged": ["a", "b"],
         "errors": [],
-        "xinet": {"added": [], "removed": [], "changed": [], "unchanged": [], "errors": []},
+        "xinet": NO_PROXY_CHANGES,
     }
     assert daemon.status("a")["pid"] == pid
     assert daemon.status("b")["state"] == "Inactive"

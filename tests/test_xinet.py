@@ -553,6 +553,53 @@ def test_bad_input(daemon):
     assert daemon.call("xinet_list") == []
 
 
+def test_a_proxy_file_reports_every_problem_and_an_undefined_service_warns(daemon, tmp_path):
+    """validate lists every bad field of an [xinet] file; a proxy for a unit that does not
+    exist is installed with a warning (validate, reload, status), not silently."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "px.toml").write_text(
+        '[xinet]\nlisten = ["127.0.0.1:1", "127.0.0.1:1"]\nbackend = 8750\n'
+        'service = "web"\nconnect_timeout = 0\nidle_timeout = -1\nsingle_connection = "yes"\n'
+    )
+    result = daemon.cli("validate", str(bad))
+    assert result.returncode == 1, result
+    assert [line.split(": ", 2)[2] for line in result.stdout.splitlines()[:-1]] == [
+        "xinet.listen: 127.0.0.1:1 listed twice",
+        "xinet.backend: expected an address string, got 8750",
+        "xinet.connect_timeout: expected seconds > 0, got 0",
+        "xinet.idle_timeout: expected seconds >= 0, got -1",
+        "xinet.single_connection: expected true or false, got 'yes'",
+    ], result.stdout
+
+    listen = tcp()
+    daemon.write("px", f'[xinet]\nlisten = "{listen}"\nbackend = "{tcp()}"\nservice = "ghost"\n')
+    result = daemon.cli("validate", str(daemon.config_dir))
+    assert result.returncode == 0, result
+    assert "warning: " in result.stdout and "xinet.service: 'ghost' is not defined" in result.stdout
+    daemon.start()
+    message = "service 'ghost' is not defined; clients are closed until it is"
+    assert xstatus(daemon)["last_error"] == message
+    result = daemon.cli("reload")
+    assert result.returncode == 0, result
+    assert f"zinit: reload: warning: xinet px: {message}" in result.stderr
+
+
+def test_an_address_of_another_proxy_is_refused_by_name(daemon):
+    listen, back = tcp(), tcp()
+    backend(daemon, "echo", "echo", back)
+    daemon.start()
+    proxy(daemon, listen, back, "echo", name="first")
+    result = daemon.cli(
+        "xinet", "set", "second", "--listen", tcp(), "--listen", f"tcp:{listen}",
+        "--backend", back, "--service", "echo",
+    )  # fmt: skip
+    assert result.returncode == 1, result
+    assert result.stderr == f"zinit: tcp:{listen}: proxy 'first' listens there already\n"
+    assert [p["name"] for p in daemon.call("xinet_list")] == ["first"]
+    assert round_trip(listen, b"still first") == b"still first"
+
+
 def test_failed_replace_keeps_the_old_proxy(daemon):
     """A `xinet set` that cannot listen (port taken) leaves the proxy of that name working."""
     listen, back, taken_address = tcp(), tcp(), tcp()
