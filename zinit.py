@@ -7310,7 +7310,8 @@ def _config_directories(args: argparse.Namespace) -> list[tuple[str, str | None]
     if args.pid1_mode:
         directories.append((args.system_dir, "system"))
     directories.append((args.config_dir or default_config_dir(), None))
-    return directories
+    # Absolute, so that every path the daemon reports means the same from anywhere.
+    return [(os.path.abspath(directory), forced) for directory, forced in directories]
 
 
 def _reserve_fd_table(directories: list[tuple[str, str | None]]) -> None:
