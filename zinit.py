@@ -7164,10 +7164,27 @@ def _configure_logging(level_name: str) -> _BackgroundWriter:
     return writer
 
 
+def _help_formatter(prog: str) -> argparse.HelpFormatter:
+    """argparse's formatter, told the terminal's width as shutil would reckon it.
+
+    Left to itself it imports shutil (and with it bz2, lzma and zlib) to ask: about
+    0.6 MiB that the daemon would keep for its whole life for one --help.
+    """
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 80
+    return argparse.HelpFormatter(prog, width=max(columns, 20) - 2)
+
+
 def _server_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zinit-server",
         description="The zinit daemon: supervises the units of a config directory.",
+        formatter_class=_help_formatter,
     )
     parser.add_argument(
         "--config-dir",

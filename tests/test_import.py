@@ -265,3 +265,28 @@ def test_daemon_reaps_hundreds_of_children_while_answering(daemon):
 
     wait_until(only_sleepers_left, timeout=30, what="only the 50 sleepers as children")
     assert daemon.stop() == 0
+
+
+def test_the_running_daemon_maps_no_compression_libraries(daemon):
+    """argparse would import shutil (and bz2, lzma with their C libraries) to size --help:
+    the daemon keeps whatever it imports, so it tells argparse the width itself."""
+    daemon.start()
+    assert daemon.call("ping")["pong"]
+    with open(f"/proc/{daemon.proc.pid}/maps") as stream:
+        mapped = stream.read()
+    for library in ("_bz2", "_lzma", "libbz2", "liblzma"):
+        assert library not in mapped, library
+
+
+def test_server_help_fits_the_terminal_width():
+    for columns in ("60", "120"):
+        result = subprocess.run(
+            [PYTHON, ZINIT_PY, "server", "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+            env=dict(os.environ, COLUMNS=columns),
+        )
+        widest = max(len(line) for line in result.stdout.splitlines())
+        assert 40 < widest <= int(columns), (columns, widest)
