@@ -650,7 +650,7 @@ class _UnitParser:
         declared = self.string(head, f"{kind}.name")
         if declared is not None and declared != self.name:
             self.problem(
-                f"{kind}.name", f"must equal the file name {self.name!r}, got {declared!r}"
+                f"{kind}.name", f"must equal the unit's name {self.name!r}, got {declared!r}"
             )
         deps = self.table(data, "dependencies")
         fields: dict[str, Any] = {"name": self.name, "kind": kind, "path": self.path}
@@ -790,7 +790,9 @@ class _UnitParser:
             self.check()
         declared = self.string(table, "xinet.name")
         if declared is not None and declared != self.name:
-            self.problem("xinet.name", f"must equal the file name {self.name!r}, got {declared!r}")
+            self.problem(
+                "xinet.name", f"must equal the proxy's name {self.name!r}, got {declared!r}"
+            )
         listen = table.get("listen")
         try:
             config = xinet_config(
@@ -890,15 +892,28 @@ def xinet_config(
     if not isinstance(listen, list | tuple) or not listen:
         problems.append(_FieldError("listen", "required: one or more addresses"))
         listen = ()
+    addresses: dict[Any, str] = {}  # parsed address -> as first written
+    repeated: list[str] = []
+    bad: set[tuple[str, str]] = set()  # each bad value is reported once
     for field, values in (("listen", list(listen)), ("backend", [backend])):
         for value in values:
             try:
-                parse_address(value)  # type: ignore[arg-type]
+                parsed = parse_address(value)  # type: ignore[arg-type]
             except ValueError as error:
-                problems.append(_FieldError(field, str(error)))
-    repeated = sorted({str(a) for a in listen if list(listen).count(a) > 1})
+                if (field, repr(value)) not in bad:
+                    bad.add((field, repr(value)))
+                    problems.append(_FieldError(field, str(error)))
+                continue
+            if field == "listen" and parsed in addresses:
+                repeated.append(
+                    f"{value} (as {addresses[parsed]})"
+                    if value != addresses[parsed]
+                    else str(value)
+                )
+            elif field == "listen":
+                addresses[parsed] = str(value)
     if repeated:
-        problems.append(_FieldError("listen", f"{', '.join(repeated)} listed twice"))
+        problems.append(_FieldError("listen", f"listed twice: {', '.join(repeated)}"))
     if not is_unit_name(service):
         problems.append(_FieldError("service", f"required: the unit to start, got {service!r}"))
     for field, value, least in (
@@ -2224,6 +2239,8 @@ def _cmd_add_service(args: argparse.Namespace, out: _Output) -> int:
             name = os.path.basename(args.source).removesuffix(".toml")
     elif "[" in args.source or "=" in args.source:
         text, source = args.source, "<text>"
+    elif os.path.isdir(args.source):
+        raise UsageError(f"add-service: {args.source}: is a directory, not a unit file")
     elif "/" in args.source or args.source.endswith(".toml"):
         raise UsageError(f"add-service: {args.source}: no such file")
     else:
@@ -6310,11 +6327,12 @@ def _peer_name(sock: socket.socket) -> str:
     """A client's address for the log: host:port, or the unix socket it came through."""
     try:
         peer = sock.getpeername()
+        if isinstance(peer, tuple):
+            host, port = peer[0], peer[1]
+            return f"{host}:{port}" if sock.family == socket.AF_INET else f"[{host}]:{port}"
+        return f"a client on {sock.getsockname() or 'a unix socket'}"
     except OSError:
         return "a client"
-    if isinstance(peer, tuple):
-        return f"{peer[0]}:{peer[1]}" if sock.family == socket.AF_INET else f"[{peer[0]}]:{peer[1]}"
-    return f"a client on {sock.getsockname() or 'a unix socket'}"
 
 
 class XinetProxy:
@@ -6375,8 +6393,13 @@ class XinetProxy:
         if self._idle is not None:
             self._idle.kill(block=False)
 
+    def undefined_service_message(self) -> str:
+        return f"service {self.config.service!r} is not defined; clients are closed until it is"
+
     def status(self) -> dict[str, Any]:
         unit = self.supervisor.units.get(self.config.service)
+        if unit is not None and self.last_error == self.undefined_service_message():
+            self.last_error = None  # the unit has been added since: no longer true
         return {
             "name": self.config.name,
             "listen": list(self.config.listen),
@@ -6417,8 +6440,10 @@ class XinetProxy:
             self._idle = None
         backend = None
         moved = {"bytes_in": 0, "bytes_out": 0}
-        peer = _peer_name(client) if self.debug else ""
+        peer = ""
         try:
+            if self.debug:
+                peer = _peer_name(client)
             if client.family != socket.AF_UNIX:
                 client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             backend = self._activate()
@@ -6453,7 +6478,7 @@ class XinetProxy:
         deadline = self.runtime.clock() + self.config.connect_timeout_s
         unit = self.supervisor.units.get(name)
         if unit is None:
-            self._fail(f"service {name!r} is not defined")
+            self._fail(self.undefined_service_message())
             return None
         if not unit.is_up() and not (unit.wanted and unit.state not in AT_REST):
             try:
@@ -6665,12 +6690,14 @@ class _Xinet:
                 continue
             result["changed" if name in current else "added"].append(name)
         for name, config in sorted(configs.items()):
-            if name in self.proxies and config.service not in self.supervisor.units:
+            proxy = self.proxies.get(name)
+            if proxy is None or proxy.config != config:
+                continue  # not installed (its error is reported): the old one still runs
+            if config.service not in self.supervisor.units:
                 # Installed all the same: it works once the unit is added.
-                message = (
-                    f"service {config.service!r} is not defined; clients are closed until it is"
-                )
-                self.proxies[name]._fail(message)
+                message = proxy.undefined_service_message()
+                if proxy.last_error != message:
+                    proxy._fail(message)
                 result["warnings"].append({"name": name, "message": message})
         return result
 
@@ -6701,6 +6728,21 @@ class _Connection:
     def send(self, message: dict[str, Any] | list[Any]) -> None:
         with self._write_lock:
             self.sock.sendall(encode_frame(message))
+
+
+def _loggable(arguments: dict[str, Any]) -> str:
+    """RPC parameters for the debug log: a unit file's text (it may hold secrets in its
+    env) is given by its size only, and any long value is cut."""
+    shown = {}
+    for key, value in arguments.items():
+        if key == "toml" and isinstance(value, str):
+            value = f"<{len(value)} characters of TOML>"
+        elif isinstance(value, str) and len(value) > 200:
+            value = value[:200] + "..."
+        elif isinstance(value, list | dict) and len(value) > 20:
+            value = f"<{len(value)} items>"
+        shown[key] = value
+    return json.dumps(shown, default=str)
 
 
 class _RpcServer:
@@ -6856,7 +6898,7 @@ class _RpcServer:
         try:
             arguments = _bind_params(method, request.get("params"))
             if self.debug:
-                _log().debug("rpc %s %s", method.name, json.dumps(arguments, default=str)[:300])
+                _log().debug("rpc %s %s", method.name, _loggable(arguments))
             result = self.handlers[method.name](connection, **arguments)
         except ZinitError as error:
             if self.debug:

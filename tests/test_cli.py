@@ -353,6 +353,9 @@ def test_add_service_names_the_source_in_its_errors(running, tmp_path):
     result = running.cli("add-service", str(tmp_path / "nope.toml"))
     assert result.returncode == 2, result
     assert result.stderr == f"zinit: add-service: {tmp_path}/nope.toml: no such file\n"
+    result = running.cli("add-service", str(tmp_path))
+    assert result.returncode == 2, result
+    assert "is a directory, not a unit file" in result.stderr
     result = running.cli("add-service", 'exec = "true"', "--name", "flat")
     assert result.returncode == 1, result
     assert "<text>:1:1: exec: a key outside any table: it belongs in [service]" in result.stderr

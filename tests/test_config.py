@@ -188,7 +188,7 @@ ERRORS = [
         name = "api"
         exec = "sleep 1"
         """,
-        "web.toml:2:8: service.name: must equal the file name 'web', got 'api'",
+        "web.toml:2:8: service.name: must equal the unit's name 'web', got 'api'",
     ),
     (
         "TOML syntax error: unterminated string",

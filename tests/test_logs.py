@@ -245,7 +245,10 @@ def test_debug_log_says_what_the_daemon_did(daemon):
     """ZINIT_LOG_LEVEL=debug: the command spawned, the health checks, the RPC calls, the
     proxy's connections, the signal sent to stop and how the process ended."""
     _daemon_log_test_setup(daemon, "debug")
+    secret = '[service]\nexec = "sleep 100"\nstatus = "stop"\nenv = { TOKEN = "hunter2" }\n'
+    assert daemon.cli("add-service", "-", "--name", "withenv", input=secret).returncode == 0
     expected = [
+        f'rpc add_service {{"toml": "<{len(secret)} characters of TOML>", "name": "withenv"}}',
         "web: spawned pid ",
         "(dir inherited, user inherited, cgroup ",
         "web: health check passed: ",
@@ -263,6 +266,7 @@ def test_debug_log_says_what_the_daemon_did(daemon):
         what="every debug line",
     )
     assert "rpc <- " not in daemon.log()  # frames are for trace
+    assert "hunter2" not in daemon.log()  # a unit's env may hold secrets
 
 
 def test_info_log_has_no_debug_lines(daemon):

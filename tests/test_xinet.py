@@ -23,6 +23,7 @@ from conftest import PYTHON, ROOT, wait_until
 
 QUICK = 'restart = "never"\nstop_timeout_ms = 2000\n'
 STOPPED = 'status = "stop"\n'
+STOPPED_TOML = '[service]\nexec = "sleep 1000"\nstatus = "stop"\n'
 STATUS_KEYS = {
     "name", "listen", "backend", "service", "service_state", "active", "total", "refused",
     "bytes_in", "bytes_out", "last_error", "connect_timeout", "idle_timeout",
@@ -559,13 +560,14 @@ def test_a_proxy_file_reports_every_problem_and_an_undefined_service_warns(daemo
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "px.toml").write_text(
-        '[xinet]\nlisten = ["127.0.0.1:1", "127.0.0.1:1"]\nbackend = 8750\n'
+        '[xinet]\nlisten = ["127.0.0.1:1", "tcp:127.0.0.1:1", 5, 5]\nbackend = 8750\n'
         'service = "web"\nconnect_timeout = 0\nidle_timeout = -1\nsingle_connection = "yes"\n'
     )
     result = daemon.cli("validate", str(bad))
     assert result.returncode == 1, result
     assert [line.split(": ", 2)[2] for line in result.stdout.splitlines()[:-1]] == [
-        "xinet.listen: 127.0.0.1:1 listed twice",
+        "xinet.listen: expected an address string, got 5",
+        "xinet.listen: listed twice: tcp:127.0.0.1:1 (as 127.0.0.1:1)",
         "xinet.backend: expected an address string, got 8750",
         "xinet.connect_timeout: expected seconds > 0, got 0",
         "xinet.idle_timeout: expected seconds >= 0, got -1",
@@ -583,6 +585,24 @@ def test_a_proxy_file_reports_every_problem_and_an_undefined_service_warns(daemo
     result = daemon.cli("reload")
     assert result.returncode == 0, result
     assert f"zinit: reload: warning: xinet px: {message}" in result.stderr
+    assert daemon.log().count(message) == 1  # a reminder in reload's reply, not a new warning
+
+    # A change that cannot be installed (its address is another proxy's) reports that
+    # error alone: the old proxy, still running, gets no warning about the new file.
+    other = tcp()
+    daemon.write("other", f'[xinet]\nlisten = "{other}"\nbackend = "{tcp()}"\nservice = "px"\n')
+    daemon.write("px", f'[xinet]\nlisten = "{other}"\nbackend = "{tcp()}"\nservice = "ghost2"\n')
+    result = daemon.cli("reload")
+    assert result.returncode == 1, result
+    assert "proxy 'other' listens there already" in result.stderr
+    assert "ghost2" not in result.stderr and "ghost2" not in daemon.log()
+    assert xstatus(daemon)["listen"] == [listen]
+
+    # Once the unit exists, the warning is no longer shown as the proxy's last error.
+    daemon.write("px", f'[xinet]\nlisten = "{listen}"\nbackend = "{tcp()}"\nservice = "ghost"\n')
+    assert daemon.cli("reload").returncode == 0
+    assert daemon.cli("add-service", "-", "--name", "ghost", input=STOPPED_TOML).returncode == 0
+    assert xstatus(daemon)["last_error"] is None
 
 
 def test_an_address_of_another_proxy_is_refused_by_name(daemon):
