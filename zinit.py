@@ -210,6 +210,14 @@ class ConfigError(ZinitError):
         first = ConfigError(self.path, self.reason, key=self.key, line=self.line, col=self.col)
         return [first, *self.also] if self.also else [self]
 
+    def with_path(self, path: str) -> ConfigError:
+        """The same problems, said of another file (add-service names the user's source)."""
+        copies = [
+            ConfigError(path, p.reason, key=p.key, line=p.line, col=p.col) for p in self.every()
+        ]
+        copies[0].also = tuple(copies[1:])
+        return copies[0]
+
     def to_dict(self) -> dict[str, Any]:
         """The wire form: ``message`` is this problem alone; ``also`` holds the others."""
         return {
@@ -904,13 +912,12 @@ def xinet_config(
                     bad.add((field, repr(value)))
                     problems.append(_FieldError(field, str(error)))
                 continue
-            if field == "listen" and parsed in addresses:
-                repeated.append(
-                    f"{value} (as {addresses[parsed]})"
-                    if value != addresses[parsed]
-                    else str(value)
-                )
-            elif field == "listen":
+            if field != "listen":
+                continue
+            if parsed in addresses:
+                first = addresses[parsed]
+                repeated.append(str(value) if value == first else f"{value} (as {first})")
+            else:
                 addresses[parsed] = str(value)
     if repeated:
         problems.append(_FieldError("listen", f"listed twice: {', '.join(repeated)}"))
@@ -2250,9 +2257,7 @@ def _cmd_add_service(args: argparse.Namespace, out: _Output) -> int:
             result = client.add_service(text, name)
     except ConfigError as error:
         # The daemon names the file it would have written; the user knows their source.
-        problems = [ConfigError.from_dict({**p.to_dict(), "file": source}) for p in error.every()]
-        problems[0].also = tuple(problems[1:])
-        raise problems[0] from None
+        raise error.with_path(source) from None
     if out.as_json:
         out.json(result)
     else:
@@ -6398,8 +6403,9 @@ class XinetProxy:
 
     def status(self) -> dict[str, Any]:
         unit = self.supervisor.units.get(self.config.service)
-        if unit is not None and self.last_error == self.undefined_service_message():
-            self.last_error = None  # the unit has been added since: no longer true
+        last_error = self.last_error
+        if unit is not None and last_error == self.undefined_service_message():
+            last_error = None  # the unit has been added since: no longer true
         return {
             "name": self.config.name,
             "listen": list(self.config.listen),
@@ -6411,7 +6417,7 @@ class XinetProxy:
             "refused": self.refused,
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
-            "last_error": self.last_error,
+            "last_error": last_error,
             "connect_timeout": self.config.connect_timeout_s,
             "idle_timeout": self.config.idle_timeout_s,
             "single_connection": self.config.single_connection,
