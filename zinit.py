@@ -111,6 +111,9 @@ UNIT_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}"
 
 #: One JSON-RPC frame (a line) may not exceed this many bytes.
 MAX_FRAME_BYTES = 1 << 20
+#: The daemon's log levels below INFO, as numbers: the CLI's path never imports logging.
+_LOG_DEBUG = 10  # logging.DEBUG
+_LOG_TRACE = 5
 #: Log lines longer than this are cut into pieces of this size.
 MAX_LOG_LINE_BYTES = 64 * 1024
 #: A service Running this long without exiting has its backoff reset.
@@ -492,6 +495,8 @@ _TABLES = {
         "single_connection",
     ),
 }
+#: The tables a [service] file may hold, in the order a misplaced key's hint looks.
+_SERVICE_FILE_TABLES = ("service", "dependencies", "lifecycle", "health", "logging")
 _TOML_POSITION_PATTERN = r"\s*\(at line (\d+), column (\d+)\)$"
 _TOML_KEY_PATTERN = r"""\s*("[^"]*"|'[^']*'|[A-Za-z0-9_-]+(?:\s*\.\s*[A-Za-z0-9_-]+)*)\s*="""
 _TOML_TABLE_PATTERN = r"\s*\[\s*([^\]\[]+?)\s*\]"
@@ -536,16 +541,13 @@ class _UnitParser:
         self.problems: list[ConfigError] = []
         self.tables: tuple[str, ...] = ()  # the tables this kind of file may hold
 
-    def error(self, key: str, reason: str, *, at_key: bool = False) -> ConfigError:
+    def problem(self, key: str, reason: str, *, at_key: bool = False) -> None:
+        """Record a problem with ``key``, pointing at the key or at its value."""
         line, key_col, value_col = self.positions.get(key, (None, None, None))
         if line is None and "." in key:
             line, key_col, value_col = self.positions.get(key.split(".")[0], (None, None, None))
-        return ConfigError(
-            self.path, reason, key=key, line=line, col=key_col if at_key else value_col
-        )
-
-    def problem(self, key: str, reason: str, *, at_key: bool = False) -> None:
-        self.problems.append(self.error(key, reason, at_key=at_key))
+        col = key_col if at_key else value_col
+        self.problems.append(ConfigError(self.path, reason, key=key, line=line, col=col))
 
     def check(self) -> None:
         """Raise what was found so far, if anything: the first in the file, the rest in ``also``."""
@@ -637,8 +639,7 @@ class _UnitParser:
             if isinstance(value, dict):
                 self.problem(key, f"unknown table (allowed: {', '.join(_TABLES)})", at_key=True)
                 continue
-            tables = ("service", "dependencies", "lifecycle", "health", "logging")
-            home = [t for t in tables if key in _TABLES[t]]
+            home = [t for t in _SERVICE_FILE_TABLES if key in _TABLES[t]]
             where = f"it belongs in [{home[0]}]" if home else "every key goes under a table"
             self.problem(key, f"a key outside any table: {where}", at_key=True)
         kinds = [kind for kind in ("service", "target") if kind in data]
@@ -651,7 +652,7 @@ class _UnitParser:
         if kind == "target":
             self.tables = ("target", "dependencies")
         else:
-            self.tables = ("service", "dependencies", "lifecycle", "health", "logging")
+            self.tables = _SERVICE_FILE_TABLES
         head = self.table(data, kind)
         if not isinstance(data[kind], dict):
             self.check()  # nothing else can be said about such a file
@@ -923,12 +924,13 @@ def xinet_config(
         problems.append(_FieldError("listen", f"listed twice: {', '.join(repeated)}"))
     if not is_unit_name(service):
         problems.append(_FieldError("service", f"required: the unit to start, got {service!r}"))
-    for field, value, least in (
-        ("connect_timeout", connect_timeout, "> 0"),
-        ("idle_timeout", idle_timeout, ">= 0"),
+    for field, value, zero_allowed in (
+        ("connect_timeout", connect_timeout, False),
+        ("idle_timeout", idle_timeout, True),
     ):
         number = isinstance(value, int | float) and not isinstance(value, bool)
-        if not number or value < 0 or (least == "> 0" and not value):  # type: ignore[operator]
+        if not number or value < 0 or (not zero_allowed and not value):  # type: ignore[operator]
+            least = ">= 0" if zero_allowed else "> 0"
             problems.append(_FieldError(field, f"expected seconds {least}, got {value!r}"))
     if not isinstance(single_connection, bool):
         problems.append(
@@ -1412,7 +1414,7 @@ _METHODS: tuple[_Method, ...] = (
     _Method("reload", "Re-read the config directories and apply the difference"),
     _Method(
         "add_service",
-        "Write a new unit file from TOML text and load it",
+        "Write a new unit file from TOML text, load it, and say what state it reached",
         (_Param("toml", {"type": "string"}), _OPTIONAL_NAME),
     ),
     _Method("remove_service", "Stop a unit, delete its file and forget it", (_NAME,)),
@@ -1434,7 +1436,11 @@ _METHODS: tuple[_Method, ...] = (
             _Param("listen", {"type": "array", "items": {"type": "string"}}),
             _Param("backend", {"type": "string"}),
             _Param("service", {"type": "string"}),
-            _Param("connect_timeout", {"type": ["number", "null"], "minimum": 0}, required=False),
+            _Param(
+                "connect_timeout",
+                {"type": ["number", "null"], "exclusiveMinimum": 0},
+                required=False,
+            ),
             _Param("idle_timeout", {"type": ["number", "null"], "minimum": 0}, required=False),
             _Param("single_connection", {"type": ["boolean", "null"]}, required=False),
         ),
@@ -2185,6 +2191,8 @@ def _cmd_why(args: argparse.Namespace, out: _Output) -> int:
         out.line(f"  required by: {', '.join(why['required_by'])}")
     for warning in why.get("warnings", []):
         out.line(f"  warning: {warning}")
+    for problem in (why.get("config_error") or {}).get("also", []):
+        out.line(f"    and {problem['message']}")
     if why.get("recent_output"):
         out.line("  recent output:")
         for entry in why["recent_output"]:
@@ -2244,7 +2252,11 @@ def _cmd_add_service(args: argparse.Namespace, out: _Output) -> int:
             text, source = stream.read(), args.source
         if name is None and args.source.endswith(".toml"):
             name = os.path.basename(args.source).removesuffix(".toml")
-    elif "[" in args.source or "=" in args.source:
+    elif (
+        "[" in args.source
+        or "\n" in args.source
+        or ("=" in args.source and not args.source.endswith(".toml"))
+    ):
         text, source = args.source, "<text>"
     elif os.path.isdir(args.source):
         raise UsageError(f"add-service: {args.source}: is a directory, not a unit file")
@@ -2261,7 +2273,8 @@ def _cmd_add_service(args: argparse.Namespace, out: _Output) -> int:
     if out.as_json:
         out.json(result)
     else:
-        out.line(f"added {result['name']} ({result['path']})")
+        state = out.state(result["state"]) if result.get("state") else "?"
+        out.line(f"added {result['name']} ({result['path']}): {state}: {result.get('reason')}")
     return 0
 
 
@@ -2422,7 +2435,8 @@ def validate_directory(
                 issue = at(config, f"dependencies.{kind}", f"{dep!r} is not defined")
                 (problems if kind == "requires" else warnings).append(issue)
     for name, proxy in sorted(proxies.items()):
-        if proxy.service not in units:  # the daemon installs it all the same, and warns
+        if proxy.service not in units and proxy.service not in errors:
+            # The daemon installs it all the same, and warns (a broken file is its own error).
             warnings.append(at(proxy, "xinet.service", f"{proxy.service!r} is not defined"))
     return problems, warnings, units
 
@@ -3602,12 +3616,13 @@ class _Runtime:
         self.is_subreaper = _set_child_subreaper()
         self._exit_waiters: set[Any] = set()
         self.pipe_readers: set[_PipeReader] = set()
+        self.debug = _log().isEnabledFor(_LOG_DEBUG)  # the level is set before this
         self._any_child = self.loop.child(0, False)
         self._any_child.start(self._on_any_exit, self._any_child)
         self.clock = time.monotonic
 
     def _on_any_exit(self, watcher: Any) -> None:
-        if _log().isEnabledFor(10):
+        if self.debug:
             try:
                 how = describe_exit(os.waitstatus_to_exitcode(watcher.rstatus))
             except ValueError:
@@ -5505,6 +5520,7 @@ class Supervisor:
                 d for d in self.dependents.get(name, ()) if name in self.configs[d].requires
             ),
             "warnings": list(status.warnings),
+            "config_error": unit.config_error.to_dict() if unit.config_error else None,
             "history": list(unit.history),
             "recent_output": unit.log.tail(5),
         }
@@ -5782,7 +5798,9 @@ class Supervisor:
                 # Blocked for want of it: their start pulls it in, status=stop or not.
                 self.start_many(waiting, reason=f"{name!r} was added")
             self._notify_all()
-        return {"name": name, "path": path}
+        # The start above returned once the unit had acted: this is what came of it.
+        unit = self.units[name]
+        return {"name": name, "path": path, "state": str(unit.state), "reason": unit.reason}
 
     def _stop_counts(self, names: list[str]) -> dict[str, int]:
         """How many stops (not cascades) each unit has been asked, before an operation yields."""
@@ -6024,7 +6042,7 @@ def _declared_name(text: str) -> str:
         if isinstance(table, dict) and isinstance(table.get("name"), str):
             return table["name"]
     raise UsageError(
-        "add-service needs the unit's name: give --name, set [service].name (or "
+        "add-service needs the unit's name: pass one (--name), set [service].name (or "
         "[target].name), or add a file named <name>.toml"
     )
 
@@ -6361,7 +6379,7 @@ class XinetProxy:
         self.last_error: str | None = None
         self._idle: Any = None
         self._backend: tuple[int, Any] | None = None  # resolved once, not per client
-        self.debug = _log().isEnabledFor(10)  # the level is set at start
+        self.debug = _log().isEnabledFor(_LOG_DEBUG)  # the level is set at start
 
     def open(self) -> None:
         """Start listening on every address; all or nothing."""
@@ -6399,7 +6417,11 @@ class XinetProxy:
             self._idle.kill(block=False)
 
     def undefined_service_message(self) -> str:
-        return f"service {self.config.service!r} is not defined; clients are closed until it is"
+        """Why a client cannot be served while the proxy's unit is not loaded."""
+        name = self.config.service
+        if name in self.supervisor.broken:
+            return f"service {name!r} is not loaded (its file has an error); clients are closed"
+        return f"service {name!r} is not defined; clients are closed until it is"
 
     def status(self) -> dict[str, Any]:
         unit = self.supervisor.units.get(self.config.service)
@@ -6765,8 +6787,8 @@ class _RpcServer:
         self.on_shutdown: Callable[[str], None] | None = None
         self.handlers = {method.name: getattr(self, method.handler_name) for method in _METHODS}
         # Looked up once: the level is set at start, and status is a hot path.
-        self.debug = _log().isEnabledFor(10)
-        self.trace = _log().isEnabledFor(5)
+        self.debug = _log().isEnabledFor(_LOG_DEBUG)
+        self.trace = _log().isEnabledFor(_LOG_TRACE)
 
     # -- the socket --------------------------------------------------------
 
@@ -6838,10 +6860,11 @@ class _RpcServer:
                 if not line.strip():
                     continue
                 if self.trace:
-                    _log().log(5, "rpc <- %s", line[:500].decode("utf-8", "replace").rstrip())
+                    line_text = line[:500].decode("utf-8", "replace").rstrip()
+                    _log().log(_LOG_TRACE, "rpc <- %s", line_text)
                 reply, follows = self._handle_frame(line, connection)
                 if self.trace and reply is not None:
-                    _log().log(5, "rpc -> %s", json.dumps(reply, default=str)[:500])
+                    _log().log(_LOG_TRACE, "rpc -> %s", json.dumps(reply, default=str)[:500])
                 if reply is not None:
                     connection.send(reply)
                 for follow in follows:  # streams start after the reply that opens them
@@ -7172,14 +7195,14 @@ def _configure_logging(level_name: str) -> _BackgroundWriter:
     import logging
 
     levels = {
-        "trace": 5,
+        "trace": _LOG_TRACE,
         "debug": logging.DEBUG,
         "info": logging.INFO,
         "warn": logging.WARNING,
         "warning": logging.WARNING,
         "error": logging.ERROR,
     }
-    logging.addLevelName(5, "TRACE")
+    logging.addLevelName(_LOG_TRACE, "TRACE")
     level = levels.get(level_name.lower())
     if level is None:
         print(
@@ -7220,6 +7243,8 @@ def _help_formatter(prog: str) -> argparse.HelpFormatter:
     """
     try:
         columns = int(os.environ["COLUMNS"])
+        if columns <= 0:
+            raise ValueError(columns)  # as shutil does: then ask the terminal
     except (KeyError, ValueError):
         try:
             columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]

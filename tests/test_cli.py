@@ -323,7 +323,7 @@ def test_add_service_from_file_stdin_and_text(running, tmp_path):
     source = incoming / "fromfile.toml"
     source.write_text('[service]\nexec = "sleep 1000"\n[lifecycle]\nstop_timeout_ms = 2000\n')
     out = ok(running.cli("add-service", str(source)))
-    assert "fromfile" in out
+    assert out.startswith(f"added fromfile ({running.config_dir}/fromfile.toml): Running: ")
     running.wait_state("fromfile", "Running")
     assert (running.config_dir / "fromfile.toml").exists()
 
@@ -333,6 +333,12 @@ def test_add_service_from_file_stdin_and_text(running, tmp_path):
 
     ok(running.cli("add-service", '[service]\nexec = "true"\noneshot = true\n', "--name", "txt"))
     running.wait_state("txt", "Exited")
+
+    # Added, but it cannot run: the reply says so at once.
+    out = ok(
+        running.cli("add-service", '[service]\nexec = "/nonexistent/bin"\n', "--name", "nobin")
+    )
+    assert ": Failed: spawn failed: " in out and "/nonexistent/bin" in out, out
 
 
 def test_add_service_names_the_source_in_its_errors(running, tmp_path):
@@ -360,7 +366,7 @@ def test_add_service_names_the_source_in_its_errors(running, tmp_path):
     assert result.returncode == 1, result
     assert "<text>:1:1: exec: a key outside any table: it belongs in [service]" in result.stderr
     result = running.cli("add-service", "-", input='[service]\nexec = "true"\n')
-    assert result.returncode == 2 and "give --name" in result.stderr, result
+    assert result.returncode == 2 and "pass one (--name)" in result.stderr, result
 
 
 def test_kill_a_target_and_start_with_a_bad_timeout(running):

@@ -193,6 +193,8 @@ def test_a_file_with_several_problems_reports_them_all_on_reload(daemon):
     assert any(w.startswith(warning) for w in daemon.status("web")["warnings"])
     printed = daemon.cli("reload").stderr.splitlines()
     assert printed == [f"zinit: reload: {first}", f"zinit: reload: {second}"]
+    why = daemon.cli("why", "web").stdout
+    assert f"(and 1 more in this file)\n    and {second}\n" in why, why
     log = daemon.log()
     assert f"reload: {first}\n" in log and f"reload: {second}\n" in log, log
 
@@ -270,7 +272,7 @@ def test_add_service_from_a_file(daemon, tmp_path):
     result = daemon.cli("add-service", str(source))
     assert result.returncode == 0, result.stderr
     target = daemon.config_dir / "filed.toml"
-    assert result.stdout.strip() == f"added filed ({target})"
+    assert result.stdout.startswith(f"added filed ({target}): Running: added; pid ")
     assert target.read_text() == source.read_text()
     daemon.wait_state("filed", "Running")
 
@@ -281,7 +283,14 @@ def test_add_service_from_stdin(daemon):
     result = daemon.cli("--json", "add-service", "-", input=text)
     assert result.returncode == 0, result.stderr
     path = daemon.config_dir / "piped.toml"
-    assert json.loads(result.stdout) == {"name": "piped", "path": str(path)}
+    reply = json.loads(result.stdout)
+    assert reply == {
+        "name": "piped",
+        "path": str(path),
+        "state": "Running",
+        "reason": reply["reason"],
+    }
+    assert reply["reason"].startswith("added; pid ")
     assert path.read_text() == text
     daemon.wait_state("piped", "Running")
 

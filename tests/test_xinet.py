@@ -604,6 +604,14 @@ def test_a_proxy_file_reports_every_problem_and_an_undefined_service_warns(daemo
     assert daemon.cli("add-service", "-", "--name", "ghost", input=STOPPED_TOML).returncode == 0
     assert xstatus(daemon)["last_error"] is None
 
+    # A unit whose file is broken is not "not defined": the warning says what it is.
+    daemon.write("broken", "[service]\nexec = 5\n")
+    daemon.write("px", f'[xinet]\nlisten = "{listen}"\nbackend = "{tcp()}"\nservice = "broken"\n')
+    result = daemon.cli("reload")
+    broken = "service 'broken' is not loaded (its file has an error); clients are closed"
+    assert f"zinit: reload: warning: xinet px: {broken}" in result.stderr, result.stderr
+    assert xstatus(daemon)["last_error"] == broken
+
 
 def test_an_address_of_another_proxy_is_refused_by_name(daemon):
     listen, back = tcp(), tcp()
