@@ -5877,6 +5877,9 @@ class Supervisor:
             old = dict(self.configs)
             added = sorted(n for n in new if n not in old)
             removed = sorted(n for n in old if n not in new and n not in errors)
+            # A broken file that is gone was listed (as Failed): its going is news too.
+            vanished = [n for n in self.broken if n not in old and n not in new and n not in errors]
+            gone = sorted(removed + vanished)
             changed = sorted(n for n in new if n in old and new[n] != old[n])
             unchanged = sorted(n for n in new if n in old and new[n] == old[n])
             restarting = [n for n in changed if self.units[n].is_active()]
@@ -5923,13 +5926,13 @@ class Supervisor:
         _log().info(
             "reload: added %s; removed %s; changed %s; %d unchanged",
             ", ".join(added) or "-",
-            ", ".join(removed) or "-",
+            ", ".join(gone) or "-",
             ", ".join(changed) or "-",
             len(unchanged),
         )
         return {
             "added": added,
-            "removed": removed,
+            "removed": gone,
             "changed": changed,
             "unchanged": unchanged,
             "errors": [{"unit": n, **e.to_dict()} for n, e in sorted(errors.items())]

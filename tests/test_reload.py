@@ -216,6 +216,11 @@ def test_new_broken_file_is_listed_as_failed(daemon):
     assert f"config error: {message}" in daemon.cli("list").stdout
     assert f"bad is Failed: config error: {message}" in daemon.cli("why", "bad").stdout
     assert daemon.status("ok")["state"] == "Running"
+    # The file goes: the entry list showed goes too, and reload says so.
+    path.unlink()
+    reply = daemon.call("reload")
+    assert reply["removed"] == ["bad"] and reply["errors"] == [], reply
+    assert [unit["name"] for unit in daemon.call("list")] == ["ok"]
 
 
 def test_a_changed_unit_restarts_the_units_that_require_it(daemon):
