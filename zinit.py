@@ -3616,7 +3616,9 @@ class _Runtime:
         self.is_subreaper = _set_child_subreaper()
         self._exit_waiters: set[Any] = set()
         self.pipe_readers: set[_PipeReader] = set()
-        self.debug = _log().isEnabledFor(_LOG_DEBUG)  # the level is set before this
+        # Looked up once (the level is set before this): hot paths test these flags.
+        self.debug = _log().isEnabledFor(_LOG_DEBUG)
+        self.trace = _log().isEnabledFor(_LOG_TRACE)
         self._any_child = self.loop.child(0, False)
         self._any_child.start(self._on_any_exit, self._any_child)
         self.clock = time.monotonic
@@ -6382,7 +6384,6 @@ class XinetProxy:
         self.last_error: str | None = None
         self._idle: Any = None
         self._backend: tuple[int, Any] | None = None  # resolved once, not per client
-        self.debug = _log().isEnabledFor(_LOG_DEBUG)  # the level is set at start
 
     def open(self) -> None:
         """Start listening on every address; all or nothing."""
@@ -6473,20 +6474,20 @@ class XinetProxy:
         moved = {"bytes_in": 0, "bytes_out": 0}
         peer = ""
         try:
-            if self.debug:
+            if self.runtime.debug:
                 peer = _peer_name(client)
             if client.family != socket.AF_UNIX:
                 client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             backend = self._activate()
             if backend is not None:
-                if self.debug:
+                if self.runtime.debug:
                     _log().debug("xinet %s: %s connected to the backend", self.config.name, peer)
                 self._forward(client, backend, moved)
         finally:
             client.close()
             if backend is not None:
                 backend.close()
-            if self.debug:
+            if self.runtime.debug:
                 _log().debug(
                     "xinet %s: %s closed (%d bytes in, %d out)",
                     self.config.name,
@@ -6789,9 +6790,6 @@ class _RpcServer:
         self.server: Any = None
         self.on_shutdown: Callable[[str], None] | None = None
         self.handlers = {method.name: getattr(self, method.handler_name) for method in _METHODS}
-        # Looked up once: the level is set at start, and status is a hot path.
-        self.debug = _log().isEnabledFor(_LOG_DEBUG)
-        self.trace = _log().isEnabledFor(_LOG_TRACE)
 
     # -- the socket --------------------------------------------------------
 
@@ -6862,11 +6860,11 @@ class _RpcServer:
                     continue
                 if not line.strip():
                     continue
-                if self.trace:
+                if self.supervisor.runtime.trace:
                     line_text = line[:500].decode("utf-8", "replace").rstrip()
                     _log().log(_LOG_TRACE, "rpc <- %s", line_text)
                 reply, follows = self._handle_frame(line, connection)
-                if self.trace and reply is not None:
+                if self.supervisor.runtime.trace and reply is not None:
                     _log().log(_LOG_TRACE, "rpc -> %s", json.dumps(reply, default=str)[:500])
                 if reply is not None:
                     connection.send(reply)
@@ -6929,11 +6927,11 @@ class _RpcServer:
             ), None
         try:
             arguments = _bind_params(method, request.get("params"))
-            if self.debug:
+            if self.supervisor.runtime.debug:
                 _log().debug("rpc %s %s", method.name, _loggable(arguments))
             result = self.handlers[method.name](connection, **arguments)
         except ZinitError as error:
-            if self.debug:
+            if self.supervisor.runtime.debug:
                 _log().debug("rpc %s: error: %s", method.name, error)
             data = error.to_dict() if isinstance(error, ConfigError) else None
             if isinstance(error, UnitNotFound):
