@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import dataclasses
 import enum
 import functools
 import heapq
@@ -69,6 +68,28 @@ import socket
 import stat
 import sys
 import time
+import types
+
+
+class _ModuleOnFirstUse(types.ModuleType):
+    """Stands in ``sys.modules`` for a module until one of its attributes is read.
+
+    (importlib's LazyLoader cannot serve: an ``import`` statement reads the
+    module's ``__spec__``, and that already makes it load.)
+    """
+
+    def __getattr__(self, attribute: str) -> Any:
+        sys.modules.pop(self.__name__, None)
+        module = __import__(self.__name__)
+        self.__dict__.update(vars(module))
+        return getattr(module, attribute)
+
+
+# dataclasses imports inspect (with ast, dis and tokenize: about 7 ms of every
+# CLI start and 1 MiB of the daemon) only to write a signature into the
+# docstring of a class that has none.  Every dataclass here has one.
+sys.modules.setdefault("inspect", _ModuleOnFirstUse("inspect"))
+import dataclasses
 
 # typing costs the CLI a few milliseconds at every start, and annotations are
 # never evaluated here (PEP 563), so its names are imported for checkers only.
@@ -1897,6 +1918,24 @@ _STATE_COLOURS = {
 }
 
 
+def _terminal_columns() -> int:
+    """The terminal's width as ``shutil.get_terminal_size`` reckons it.
+
+    shutil imports bz2, lzma and zlib: about 3 ms of every CLI call, and 0.6 MiB
+    that the daemon would keep for its whole life for one ``--help``.
+    """
+    try:
+        columns = int(os.environ["COLUMNS"])
+        if columns > 0:
+            return columns
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
 class _Output:
     """Where the CLI writes: colour only on a terminal and without NO_COLOR."""
 
@@ -1929,9 +1968,7 @@ class _Output:
         ]
         limit = None
         if self.colour:
-            import shutil
-
-            limit = shutil.get_terminal_size().columns
+            limit = _terminal_columns()
         self.line("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
         for row in rows:
             cells = []
@@ -2560,16 +2597,23 @@ def _command_word(argv: list[str]) -> str | None:
     return None
 
 
+def _help_formatter(prog: str) -> argparse.HelpFormatter:
+    """argparse's formatter, which would import shutil to ask for the width, even
+    when no help is printed."""
+    return argparse.HelpFormatter(prog, width=max(_terminal_columns(), 20) - 2)
+
+
 def _cli_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, bool]:
     """The CLI's parser, with every command or with ``only`` that one.
 
     Returns the parser and whether ``only`` named a command.
     """
-    common = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False, formatter_class=_help_formatter)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
     common.add_argument("--socket", default=argparse.SUPPRESS, help="control socket path")
     parser = argparse.ArgumentParser(
         prog="zinit",
+        formatter_class=_help_formatter,
         description="Control a zinit daemon: a process supervisor with dependency management.",
         epilog="Also: 'zinit server ...' runs the daemon, 'zinit pid1 ...' the PID-1 shim, "
         "'zinit install DIR' links the three program names into DIR.",
@@ -2592,7 +2636,13 @@ def _cli_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, bool]
         if only is not None and name != only:
             return _Unbuilt()
         found = True
-        sub = commands.add_parser(name, parents=[common], help=help_text, description=help_text)
+        sub = commands.add_parser(
+            name,
+            parents=[common],
+            help=help_text,
+            description=help_text,
+            formatter_class=_help_formatter,
+        )
         sub.set_defaults(handler=handler)
         return sub
 
@@ -2656,7 +2706,9 @@ def _cli_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, bool]
     proxies = xinet.add_subparsers(dest="xinet_command", metavar="ACTION")
 
     def add_proxy(name: str, handler: Callable[..., int], text: str) -> Any:
-        sub = proxies.add_parser(name, parents=[common], help=text, description=text)
+        sub = proxies.add_parser(
+            name, parents=[common], help=text, description=text, formatter_class=_help_formatter
+        )
         sub.set_defaults(handler=handler)
         return sub
 
@@ -7234,24 +7286,6 @@ def _configure_logging(level_name: str) -> _BackgroundWriter:
         datefmt="%Y-%m-%dT%H:%M:%S",
     )
     return writer
-
-
-def _help_formatter(prog: str) -> argparse.HelpFormatter:
-    """argparse's formatter, told the terminal's width as shutil would reckon it.
-
-    Left to itself it imports shutil (and with it bz2, lzma and zlib) to ask: about
-    0.6 MiB that the daemon would keep for its whole life for one --help.
-    """
-    try:
-        columns = int(os.environ["COLUMNS"])
-        if columns <= 0:
-            raise ValueError(columns)  # as shutil does: then ask the terminal
-    except (KeyError, ValueError):
-        try:
-            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
-        except (AttributeError, ValueError, OSError):
-            columns = 80
-    return argparse.HelpFormatter(prog, width=max(columns, 20) - 2)
 
 
 def _server_parser() -> argparse.ArgumentParser:
