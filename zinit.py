@@ -236,11 +236,20 @@ class ConfigError(ZinitError):
 
     def with_path(self, path: str) -> ConfigError:
         """The same problems, said of another file (add-service names the user's source)."""
-        copies = [
-            ConfigError(path, p.reason, key=p.key, line=p.line, col=p.col) for p in self.every()
-        ]
-        copies[0].also = tuple(copies[1:])
-        return copies[0]
+        return ConfigError.joined(
+            [ConfigError(path, p.reason, key=p.key, line=p.line, col=p.col) for p in self.every()]
+        )
+
+    @staticmethod
+    def joined(problems: list[ConfigError]) -> ConfigError:
+        """One error for ``problems`` (each alone, as every() gives them): the first, with
+        the others in ``also``."""
+        first = problems[0]
+        joined = ConfigError(
+            first.path, first.reason, key=first.key, line=first.line, col=first.col
+        )
+        joined.also = tuple(problems[1:])
+        return joined
 
     def to_dict(self) -> dict[str, Any]:
         """The wire form: ``message`` is this problem alone; ``also`` holds the others."""
@@ -2425,20 +2434,30 @@ def _cmd_validate(args: argparse.Namespace, out: _Output) -> int:
     if not os.path.isdir(directory):
         print(f"zinit: validate: {directory!r} is not a directory", file=sys.stderr)
         return 1
-    problems, warnings, units = validate_directory(directory)
+    found, warned, units = validate_directory(directory)
+    problems = [problem for _, problem in found]
     if out.as_json:
+        # The shape of reload's reply: one entry per unit, its first problem with the
+        # others in "also".
+        grouped: dict[str, list[ConfigError]] = {}
+        for name, problem in found:
+            grouped.setdefault(name, []).append(problem)
+        errors = [
+            {"unit": name, **ConfigError.joined(problems).to_dict()}
+            for name, problems in grouped.items()
+        ]
         out.json(
             {
                 "ok": not problems,
                 "units": sorted(units),
-                "errors": [p.to_dict() for p in problems],
-                "warnings": [w.to_dict() for w in warnings],
+                "errors": errors,
+                "warnings": [{"unit": name, **w.to_dict()} for name, w in warned],
             }
         )
     else:
         for problem in problems:
             out.line(f"error: {problem}")
-        for warning in warnings:
+        for _, warning in warned:
             out.line(f"warning: {warning}")
         verdict = "ok" if not problems else f"{len(problems)} error(s)"
         out.line(f"{directory}: {len(units)} unit(s), {verdict}")
@@ -2448,10 +2467,14 @@ def _cmd_validate(args: argparse.Namespace, out: _Output) -> int:
 def validate_directory(
     directory: str,
 ) -> tuple[list[ConfigError], list[ConfigError], dict[str, UnitConfig]]:
-    """Return (errors, warnings, units) for a config directory, without a daemon."""
+    """Return (errors, warnings, units) for a config directory, without a daemon.
+
+    Errors and warnings come one problem each, with the name of the unit (or
+    proxy) they are about.
+    """
     units, proxies, errors = load_config_dirs([(directory, None)])
-    problems = [problem for error in errors.values() for problem in error.every()]
-    warnings: list[ConfigError] = []
+    problems = [(name, problem) for name, error in errors.items() for problem in error.every()]
+    warnings: list[tuple[str, ConfigError]] = []
 
     def at(config: UnitConfig | XinetConfig, key: str, reason: str) -> ConfigError:
         try:
@@ -2463,18 +2486,19 @@ def validate_directory(
         return ConfigError(config.path, reason, key=key, line=line, col=col)
 
     for name, cycle in sorted(find_cycles(units).items()):
-        problems.append(at(units[name], "dependencies", f"dependency cycle: {cycle}"))
+        problems.append((name, at(units[name], "dependencies", f"dependency cycle: {cycle}")))
     for name, config in sorted(units.items()):
         for kind in _DEPENDENCY_KEYS:
             for dep in getattr(config, kind):
                 if dep in units or dep in errors:
                     continue
                 issue = at(config, f"dependencies.{kind}", f"{dep!r} is not defined")
-                (problems if kind == "requires" else warnings).append(issue)
+                (problems if kind == "requires" else warnings).append((name, issue))
     for name, proxy in sorted(proxies.items()):
         if proxy.service not in units and proxy.service not in errors:
             # The daemon installs it all the same, and warns (a broken file is its own error).
-            warnings.append(at(proxy, "xinet.service", f"{proxy.service!r} is not defined"))
+            warning = at(proxy, "xinet.service", f"{proxy.service!r} is not defined")
+            warnings.append((name, warning))
     return problems, warnings, units
 
 

@@ -3,6 +3,7 @@
 Every message reads ``file:line:col: key: reason`` (STYLE: ``where: what (why)``).
 """
 
+import json
 import signal
 import subprocess
 import textwrap
@@ -605,6 +606,32 @@ def test_validate_reports_every_problem_with_file_and_line(tmp_path):
         f"warning: {tmp_path}/web.toml:5:9: dependencies.wants: 'cache' is not defined",
         f"{tmp_path}: 4 unit(s), 4 error(s)",
     ]
+
+
+def test_validate_json_has_the_shape_of_reloads_reply(tmp_path):
+    """One entry per unit, named, with its first problem and the others in ``also``, as
+    ``zinit --json reload`` gives them; warnings one per problem, named too."""
+    (tmp_path / "bad.toml").write_text('[service]\nexec = 5\nstatus = "maybe"\n')
+    (tmp_path / "web.toml").write_text(
+        '[service]\nexec = "sleep 1"\n[dependencies]\nrequires = ["db"]\nwants = ["cache"]\n'
+    )
+    result = subprocess.run(
+        [PYTHON, ZINIT_PY, "validate", "--json", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1, result
+    reply = json.loads(result.stdout)
+    assert (reply["ok"], reply["units"]) == (False, ["web"])
+    bad, web = reply["errors"]
+    assert (bad["unit"], bad["key"], bad["line"]) == ("bad", "service.exec", 2)
+    assert [(p["key"], p["line"]) for p in bad["also"]] == [("service.status", 3)]
+    assert bad["message"] == f"{tmp_path}/bad.toml:2:8: service.exec: expected a string, got 5"
+    assert (web["unit"], web["key"], web["also"]) == ("web", "dependencies.requires", [])
+    [warning] = reply["warnings"]
+    assert (warning["unit"], warning["key"]) == ("web", "dependencies.wants")
 
 
 def test_every_problem_in_a_file_is_reported_once(tmp_path):
