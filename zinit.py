@@ -5088,6 +5088,12 @@ class Service:
                 self._set_state(State.EXITED, message.reason)
             case State.STOPPING:
                 self._stop_purpose = "stop"
+            case State.EXITED if self.config.oneshot and self.succeeded:
+                # Stopped with what it required (or by hand), its work counts as undone:
+                # the next start that pulls it in runs it again, as a restart would.
+                self.succeeded = False
+                self._set_state(State.EXITED, message.reason)
+                self._release_stop_waiters()
             case _:
                 self._release_stop_waiters()
 
@@ -5775,8 +5781,13 @@ class Supervisor:
 
         names = set(names)
         reached_via = requiring_paths(sorted(names), self.configs)
+        # A finished oneshot that requires a stopping unit is stopped too: its work
+        # (a migration, say) is then done again on the next start.
         targets = {
-            n for n in reached_via if n in self.units and (n in names or self.units[n].is_active())
+            n
+            for n in reached_via
+            if n in self.units
+            and (n in names or self.units[n].is_active() or self.units[n].is_up())
         }
         waits = stop_waits(targets, self.configs)
         done = {name: gevent.event.Event() for name in targets}

@@ -186,8 +186,10 @@ def test_restart_restarts_the_units_that_require_it(daemon):
     assert after["other"] == before["other"]
 
 
-def test_restart_runs_again_a_finished_oneshot_that_requires_it(daemon, tmp_path):
-    """A migration oneshot re-runs when its database restarts, before the app that needs it."""
+def test_a_finished_oneshot_runs_again_when_what_it_requires_comes_back(daemon, tmp_path):
+    """A migration oneshot re-runs when its database comes back (by stop and start, or by
+    restart), before the app that needs it; pulled in while its database stayed up, it
+    stays done."""
     runs = tmp_path / "runs"
     daemon.service("db", "sleep 1000", lifecycle=QUICK)
     daemon.service(
@@ -200,6 +202,11 @@ def test_restart_runs_again_a_finished_oneshot_that_requires_it(daemon, tmp_path
     daemon.start()
     app_pid = daemon.wait_state("app", "Running")["pid"]
     assert daemon.status("mig")["state"] == "Exited"
+    assert daemon.cli("stop", "app").returncode == 0
+    assert daemon.cli("start", "app").returncode == 0
+    app_pid = daemon.wait_state("app", "Running")["pid"]
+    assert runs.read_text() == "run\n"  # pulled in while done: not run again
+
     assert daemon.cli("stop", "db").returncode == 0
     app = daemon.wait_state("app", "Exited")
     # The stop reached app through the finished oneshot: the reason says how.
@@ -208,14 +215,43 @@ def test_restart_runs_again_a_finished_oneshot_that_requires_it(daemon, tmp_path
         "(stopped by request)"
     )
     assert not pid_alive(app_pid)
+    mig = daemon.status("mig")
+    assert mig["state"] == "Exited"
+    assert mig["reason"].startswith("stopped because it requires 'db', which is stopping")
+    assert daemon.cli("check").returncode == 1
+
     assert daemon.cli("start", "app").returncode == 0
     daemon.wait_state("app", "Running")
-    assert runs.read_text() == "run\n"  # pulled in while done: not run again
+    assert runs.read_text() == "run\nrun\n"
     assert daemon.cli("restart", "db").returncode == 0
-    wait_until(lambda: runs.read_text() == "run\nrun\n", what="mig's second run")
+    wait_until(lambda: runs.read_text() == "run\nrun\nrun\n", what="mig's third run")
     daemon.wait_state("app", "Running")
     events = transitions(daemon)
-    assert every(events, "mig", "Exited")[1] < every(events, "app", "Running")[-1]
+    mig_runs = [i for i, event in enumerate(events) if event == ("mig", "Starting", "Exited")]
+    app_starts = every(events, "app", "Running")
+    assert (len(mig_runs), len(app_starts)) == (3, 4), events
+    assert mig_runs[1] < app_starts[2] and mig_runs[2] < app_starts[3], events
+
+
+def test_a_finished_oneshot_runs_again_when_its_removed_requirement_is_added_back(daemon, tmp_path):
+    runs = tmp_path / "runs"
+    daemon.service("db", "sleep 1000", lifecycle=QUICK)
+    daemon.service(
+        "mig",
+        f"sh -c 'echo run >> {runs}'",
+        service="oneshot = true\n",
+        dependencies='requires = ["db"]\n',
+    )
+    daemon.service("app", "sleep 1000", lifecycle=QUICK, dependencies='requires = ["mig"]\n')
+    daemon.start()
+    daemon.wait_state("app", "Running")
+    assert daemon.cli("remove-service", "db").returncode == 0
+    reason_of(daemon, "mig", "requires 'db', which is not defined")
+    assert daemon.wait_state("app", "Blocked")
+    result = daemon.cli("add-service", '[service]\nname = "db"\nexec = "sleep 1000"\n')
+    assert result.returncode == 0, result.stderr
+    daemon.wait_state("app", "Running")
+    assert runs.read_text() == "run\nrun\n"
 
 
 # -- after -------------------------------------------------------------------
