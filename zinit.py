@@ -2102,6 +2102,10 @@ def _cmd_start(args: argparse.Namespace, out: _Output) -> int:
         raise UsageError("start: --timeout only applies with --wait")
     if args.timeout is not None and not args.timeout > 0:
         raise UsageError(f"start: --timeout: expected seconds > 0, got {args.timeout:g}")
+    if args.settle is not None and not args.wait:
+        raise UsageError("start: --settle only applies with --wait")
+    if args.settle is not None and not args.settle >= 0:
+        raise UsageError(f"start: --settle: expected seconds >= 0, got {args.settle:g}")
     with _connect(args) as client:
         if not args.wait:
             client.start(args.name)
@@ -2157,6 +2161,12 @@ def _start_and_wait(client: ZinitClient, args: argparse.Namespace, out: _Output)
         except TimeoutError:
             verdict = False
             print(f"zinit: {args.name} is not up after {args.timeout:g}s", file=sys.stderr)
+    settle_s = _START_SETTLE_S if args.settle is None else args.settle
+    if verdict and not _stays_up(client, args.name, unit, settle_s, show):
+        verdict = False
+        unit = client.call("status", {"name": args.name}, on_notification=show)
+        if not out.as_json:
+            print(f"zinit: {args.name} did not stay up for {settle_s:g}s", file=sys.stderr)
     if out.as_json:
         out.json(unit)
     elif verdict:
@@ -2164,6 +2174,40 @@ def _start_and_wait(client: ZinitClient, args: argparse.Namespace, out: _Output)
     else:
         print(f"zinit: {args.name} is {unit['state']}: {unit['reason']}", file=sys.stderr)
     return 0 if verdict else 1
+
+
+#: How long ``start --wait`` watches a service without a health check once it
+#: is Running (supervisord's startsecs): one that exits meanwhile did not start.
+_START_SETTLE_S = 1.0
+
+
+def _stays_up(
+    client: ZinitClient,
+    name: str,
+    unit: dict[str, Any],
+    settle_s: float,
+    show: Callable[[dict[str, Any]], None],
+) -> bool:
+    """False if ``unit``, just come up, leaves Running (or runs another process) before it
+    has been up ``settle_s``.  A health check or a oneshot's exit already proved it."""
+    if unit["state"] != "Running" or unit.get("oneshot") or unit.get("health") is not None:
+        return True
+    end = time.monotonic() + settle_s - (unit.get("uptime_s") or 0.0)
+    try:
+        while (left := end - time.monotonic()) > 0:
+            client._sock.settimeout(left)
+            message = next(client.notifications(), None)
+            if message is None:  # the daemon went away: it was up while it could tell
+                break
+            show(message)
+            event = message.get("params", {})
+            if message.get("method") == "event" and event.get("unit") == name:
+                now = client.call("status", {"name": name}, on_notification=show)
+                if now["state"] != "Running" or now["pid"] != unit["pid"]:
+                    return False
+    except TimeoutError:
+        pass
+    return True
 
 
 def _start_verdict(unit: dict[str, Any]) -> bool | None:
@@ -2677,6 +2721,14 @@ def _cli_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, bool]
     start.add_argument("--wait", action="store_true", help="show progress and wait until it is up")
     start.add_argument(
         "--timeout", type=float, default=None, help="with --wait: give up after S seconds"
+    )
+    start.add_argument(
+        "--settle",
+        type=float,
+        default=None,
+        metavar="S",
+        help="with --wait: a service without a health check must stay Running S seconds "
+        f"(default {_START_SETTLE_S:g}; 0: do not wait)",
     )
     add("stop", _simple("stop"), "stop a unit, after the units that require it").add_argument(
         "name"

@@ -189,6 +189,24 @@ def test_start_wait_waits_through_restarts_until_failed_for_good(running):
     assert unit["next_restart_s"] is None
 
 
+def test_start_wait_fails_for_a_service_that_exits_right_after_starting(running):
+    """Running at once (no health check) is not enough: it must stay up --settle seconds."""
+    running.service(
+        "flap", "sh -c 'echo flapping; exit 3'", service='status = "stop"\n',
+        lifecycle='restart = "on-failure"\nmax_restarts = 4\nrestart_delay_ms = 200\n',
+    )  # fmt: skip
+    running.service("steady", "sleep 1000", service='status = "stop"\n')
+    ok(running.cli("reload"))
+    result = running.cli("start", "--wait", "--settle", "30", "flap", timeout=60)
+    assert result.returncode == 1, result
+    assert "zinit: flap did not stay up for 30s" in result.stderr, result.stderr
+    assert "exited with code 3" in result.stderr, result.stderr
+    out = ok(running.cli("start", "--wait", "--settle", "0.3", "steady"))
+    assert out.strip().endswith("steady is Running"), out
+    result = running.cli("start", "--settle", "1", "steady")
+    assert result.returncode == 2 and "--settle only applies with --wait" in result.stderr
+
+
 def test_kill(running):
     pid = running.status("sleeper")["pid"]
     ok(running.cli("kill", "sleeper", "SIGKILL"))
