@@ -928,13 +928,23 @@ def xinet_config(
     problems: list[_FieldError] = []
     if not is_unit_name(name):
         problems.append(_FieldError("name", f"{name!r} is not a valid name"))
-    if not isinstance(listen, list | tuple) or not listen:
+    if listen is None or (isinstance(listen, list | tuple) and not listen):
         problems.append(_FieldError("listen", "required: one or more addresses"))
         listen = ()
+    elif not isinstance(listen, list | tuple):
+        problems.append(
+            _FieldError("listen", f"expected an address or a list of them, got {listen!r}")
+        )
+        listen = ()
+    if backend is None:
+        problems.append(_FieldError("backend", "required: the address the service listens on"))
     addresses: dict[Any, str] = {}  # parsed address -> as first written
     repeated: list[str] = []
     bad: set[tuple[str, str]] = set()  # each bad value is reported once
-    for field, values in (("listen", list(listen)), ("backend", [backend])):
+    for field, values in (
+        ("listen", list(listen)),
+        ("backend", [] if backend is None else [backend]),
+    ):
         for value in values:
             try:
                 parsed = parse_address(value)  # type: ignore[arg-type]
@@ -952,8 +962,10 @@ def xinet_config(
                 addresses[parsed] = str(value)
     if repeated:
         problems.append(_FieldError("listen", f"listed twice: {', '.join(repeated)}"))
-    if not is_unit_name(service):
-        problems.append(_FieldError("service", f"required: the unit to start, got {service!r}"))
+    if service is None:
+        problems.append(_FieldError("service", "required: the unit to start"))
+    elif not is_unit_name(service):
+        problems.append(_FieldError("service", f"expected a unit name, got {service!r}"))
     for field, value, zero_allowed in (
         ("connect_timeout", connect_timeout, False),
         ("idle_timeout", idle_timeout, True),
@@ -1042,20 +1054,24 @@ def load_config_dir(
     Returns (units by name, errors by unit name or file stem).  A missing
     directory is an empty one; a broken file is one error, not a failure.
     """
-    units, _, errors = load_config_dirs([(directory, unit_class)])
+    units, _, errors, _ = load_config_dirs([(directory, unit_class)])
     return units, errors
 
 
 def load_config_dirs(
     directories: list[tuple[str, str | None]],
-) -> tuple[dict[str, UnitConfig], dict[str, XinetConfig], dict[str, ConfigError]]:
-    """Load several (directory, forced class) in order: units, proxies and errors.
+) -> tuple[
+    dict[str, UnitConfig], dict[str, XinetConfig], dict[str, ConfigError], dict[str, ConfigError]
+]:
+    """Load several (directory, forced class) in order: units, proxies, and the errors
+    of unit files and of proxy files (those holding an ``[xinet]`` table).
 
     A name defined twice is an error on the later file.
     """
     units: dict[str, UnitConfig] = {}
     proxies: dict[str, XinetConfig] = {}
     errors: dict[str, ConfigError] = {}
+    proxy_errors: dict[str, ConfigError] = {}
     for directory, unit_class in directories:
         try:
             entries = sorted(entry for entry in os.listdir(directory) if entry.endswith(".toml"))
@@ -1074,7 +1090,9 @@ def load_config_dirs(
                     why = "a link to nothing" if os.path.islink(path) else "not a regular file"
                     errors.setdefault(name, ConfigError(path, f"{why}: no unit loaded from it"))
                 continue
-            earlier = units.get(name) or proxies.get(name) or errors.get(name)
+            earlier = (
+                units.get(name) or proxies.get(name) or errors.get(name) or proxy_errors.get(name)
+            )
             if earlier is not None:
                 errors.setdefault(
                     f"{name} ({path})",
@@ -1084,13 +1102,28 @@ def load_config_dirs(
             try:
                 config = load_unit_file(path, unit_class=unit_class)
             except ConfigError as error:
-                errors[name] = error
+                (proxy_errors if _declares_proxy(path) else errors)[name] = error
                 continue
             if isinstance(config, XinetConfig):
                 proxies[name] = config
             else:
                 units[name] = config
-    return units, proxies, errors
+    return units, proxies, errors, proxy_errors
+
+
+def _declares_proxy(path: str) -> bool:
+    """Whether a file that did not load holds an ``[xinet]`` table: a proxy's, not a unit's."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as stream:
+            text = stream.read().decode("utf-8", "replace")
+    except OSError:
+        return False
+    try:
+        return "xinet" in tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return re.search(r"^\s*\[\s*xinet\s*\]", text, re.MULTILINE) is not None
 
 
 # ==== 6. Graph ===============================================================
@@ -2323,7 +2356,8 @@ def _cmd_reload(args: argparse.Namespace, out: _Output) -> int:
         if proxies.get(key):
             out.line(f"xinet {key}: {', '.join(proxies[key])}")
     for error in proxies.get("errors", []):
-        print(f"zinit: reload: xinet {error['name']}: {error['message']}", file=sys.stderr)
+        for problem in [error, *error.get("also", [])]:
+            print(f"zinit: reload: xinet {error['name']}: {problem['message']}", file=sys.stderr)
     for warning in proxies.get("warnings", []):
         print(
             f"zinit: reload: warning: xinet {warning['name']}: {warning['message']}",
@@ -2516,7 +2550,8 @@ def validate_directory(
     Errors and warnings come one problem each, with the name of the unit (or
     proxy) they are about.
     """
-    units, proxies, errors = load_config_dirs([(directory, None)])
+    units, proxies, unit_errors, proxy_errors = load_config_dirs([(directory, None)])
+    errors = {**unit_errors, **proxy_errors}
     problems = [(name, problem) for name, error in errors.items() for problem in error.every()]
     warnings: list[tuple[str, ConfigError]] = []
 
@@ -2631,6 +2666,8 @@ def _cmd_xinet_status(args: argparse.Namespace, out: _Output) -> int:
         )
         if proxy.get("last_error"):
             out.line(f"  last error:  {proxy['last_error']}")
+        for warning in proxy.get("warnings", []):
+            out.line(f"  warning:     {warning}")
     return 0
 
 
@@ -5365,7 +5402,7 @@ class Supervisor:
         #: Proxies declared in the config directories, as last loaded (section 17 runs them).
         self.proxy_configs: dict[str, XinetConfig] = {}
         #: Every file error of the last load, by unit or proxy name.
-        self.load_errors: dict[str, ConfigError] = {}
+        self.proxy_errors: dict[str, ConfigError] = {}  # proxy files that did not load
         self.cycles: dict[str, str] = {}
         self.dependents: dict[str, set[str]] = {}
         self.conflicts: dict[str, set[str]] = {}
@@ -5385,9 +5422,8 @@ class Supervisor:
 
     def load(self) -> None:
         """Read the config directories and create a Service per unit (none started)."""
-        configs, self.proxy_configs, errors = load_config_dirs(self.directories)
-        self.load_errors = errors
-        for error in errors.values():
+        configs, self.proxy_configs, errors, self.proxy_errors = load_config_dirs(self.directories)
+        for error in [*errors.values(), *self.proxy_errors.values()]:
             for problem in error.every():
                 _log().error("%s", problem)
         for name, config in configs.items():
@@ -6013,8 +6049,7 @@ class Supervisor:
     def reload(self) -> dict[str, Any]:
         """Re-read the config directories and apply only the difference (SPEC 11)."""
         with self._config_lock:
-            new, self.proxy_configs, errors = load_config_dirs(self.directories)
-            self.load_errors = errors
+            new, self.proxy_configs, errors, self.proxy_errors = load_config_dirs(self.directories)
             old = dict(self.configs)
             added = sorted(n for n in new if n not in old)
             removed = sorted(n for n in old if n not in new and n not in errors)
@@ -6061,7 +6096,7 @@ class Supervisor:
             if to_start and not self.shutting_down:
                 self.start_many(to_start, reason="reload")
             self._notify_all()
-        for error in errors.values():
+        for error in [*errors.values(), *self.proxy_errors.values()]:
             for problem in error.every():
                 _log().error("reload: %s", problem)
         _log().info(
@@ -6521,6 +6556,7 @@ class XinetProxy:
         self.bytes_in = 0
         self.bytes_out = 0
         self.last_error: str | None = None
+        self.file_error: str | None = None  # its file's error, while the old config runs
         self._idle: Any = None
         self._backend: tuple[int, Any] | None = None  # resolved once, not per client
 
@@ -6583,6 +6619,7 @@ class XinetProxy:
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "last_error": last_error,
+            "warnings": [self.file_error] if self.file_error else [],
             "connect_timeout": self.config.connect_timeout_s,
             "idle_timeout": self.config.idle_timeout_s,
             "single_connection": self.config.single_connection,
@@ -6768,6 +6805,9 @@ class _Xinet:
 
     def get(self, name: str) -> XinetProxy:
         if name not in self.proxies:
+            if name in self.supervisor.proxy_errors:
+                error = self.supervisor.proxy_errors[name]
+                raise UnitStateError(f"proxy {name!r} is not loaded: {error}")
             raise UnitNotFound(name, "proxy")
         return self.proxies[name]
 
@@ -6830,10 +6870,13 @@ class _Xinet:
             pass
         return proxy.config.path
 
-    def apply(self, configs: dict[str, XinetConfig], broken: set[str]) -> dict[str, Any]:
+    def apply(
+        self, configs: dict[str, XinetConfig], broken: dict[str, ConfigError]
+    ) -> dict[str, Any]:
         """Bring the proxies declared in files in line with ``configs``.
 
-        A proxy whose file now has an error (``broken``) keeps running as it was.
+        A proxy whose file now has an error (``broken``) keeps running as it was,
+        and says so in its status.
         """
         current = {
             n: p for n, p in self.proxies.items() if p.source == "config" and n not in broken
@@ -6860,10 +6903,16 @@ class _Xinet:
                 result["errors"].append({"name": name, "message": str(error)})
                 continue
             result["changed" if name in current else "added"].append(name)
+        for name, error in sorted(broken.items()):
+            result["errors"].append({"name": name, **error.to_dict()})
+            proxy = self.proxies.get(name)
+            if proxy is not None and proxy.source == "config":
+                proxy.file_error = f"config file has an error, still using the old config: {error}"
         for name, config in sorted(configs.items()):
             proxy = self.proxies.get(name)
             if proxy is None or proxy.config != config:
                 continue  # not installed (its error is reported): the old one still runs
+            proxy.file_error = None
             if config.service not in self.supervisor.units:
                 # Installed all the same: it works once the unit is added.
                 message = proxy.undefined_service_message()
@@ -7170,7 +7219,7 @@ class _RpcServer:
         """Reload units, then the proxies declared in the config directories."""
         result = self.supervisor.reload()
         result["xinet"] = self.xinet.apply(
-            self.supervisor.proxy_configs, set(self.supervisor.load_errors)
+            self.supervisor.proxy_configs, self.supervisor.proxy_errors
         )
         return result
 
@@ -7497,7 +7546,7 @@ def _serve(
             problem = "is not a directory" if os.path.exists(directory) else "does not exist"
             _log().warning("config directory %s %s: no units from it", directory, problem)
     supervisor.load()
-    xinet.apply(supervisor.proxy_configs, set())
+    xinet.apply(supervisor.proxy_configs, supervisor.proxy_errors)
     supervisor.boot()
     supervisor.finished.wait()
     server.close()

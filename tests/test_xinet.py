@@ -26,7 +26,7 @@ STOPPED = 'status = "stop"\n'
 STOPPED_TOML = '[service]\nexec = "sleep 1000"\nstatus = "stop"\n'
 STATUS_KEYS = {
     "name", "listen", "backend", "service", "service_state", "active", "total", "refused",
-    "bytes_in", "bytes_out", "last_error", "connect_timeout", "idle_timeout",
+    "bytes_in", "bytes_out", "last_error", "warnings", "connect_timeout", "idle_timeout",
     "single_connection", "source", "path",
 }  # fmt: skip
 
@@ -846,13 +846,44 @@ def test_broken_proxy_file_keeps_the_old_proxy_on_reload(daemon):
     path = daemon.write("px", text + "connect_timeout = 20\n")
     daemon.start()
     assert round_trip(listen, b"before") == b"before"
-    path.write_text(text + "connect_timeout = 20\ntypo = 1\n")
+    path.write_text(text + "connect_timeout = 20\ntypo = 1\nbogus = 2\n")
     reply = daemon.call("reload")
-    problems = reply["errors"] + reply["xinet"]["errors"]
-    assert any("typo" in json.dumps(problem) for problem in problems), reply
+    assert reply["errors"] == [], reply  # a proxy's file, not a unit's
+    [error] = reply["xinet"]["errors"]
+    assert (error["name"], error["key"], error["line"]) == ("px", "xinet.typo", 6), error
+    assert [problem["key"] for problem in error["also"]] == ["xinet.bogus"], error
     assert "px" not in reply["xinet"]["removed"], reply
     assert [p["name"] for p in daemon.call("xinet_list")] == ["px"]
     assert round_trip(listen, b"after") == b"after"
+    # No unit shows for it, so it cannot fail a health probe.
+    assert "px" not in [unit["name"] for unit in daemon.call("list")]
+    assert daemon.cli("check").returncode == 0
+    [warning] = xstatus(daemon)["warnings"]
+    assert warning.startswith("config file has an error, still using the old config: ")
+    assert "xinet.typo" in warning and "(and 1 more in this file)" in warning
+    result = daemon.cli("reload")
+    assert result.returncode == 1, result
+    assert f"zinit: reload: xinet px: {path}:6:1: xinet.typo: " in result.stderr, result.stderr
+    assert f"zinit: reload: xinet px: {path}:7:1: xinet.bogus: " in result.stderr, result.stderr
+    assert "warning:     config file has an error" in daemon.cli("xinet", "status").stdout
+
+    # A proxy file that never loaded says so where the proxy would be.
+    daemon.write("px2", "[xinet]\nlisten = 5\n")
+    assert daemon.cli("reload").returncode == 1
+    result = daemon.cli("xinet", "status", "px2")
+    assert result.returncode == 1, result
+    assert "proxy 'px2' is not loaded: " in result.stderr, result.stderr
+    assert "xinet.backend: required: the address the service listens on" in result.stderr
+    problems = daemon.cli("validate", str(daemon.config_dir)).stdout
+    assert "px2.toml:1:2: xinet.service: required: the unit to start\n" in problems
+    assert "px2.toml:2:10: xinet.listen: expected an address or a list of them, got 5" in problems
+
+    path.write_text(text + "connect_timeout = 20\n")  # fixed
+    (daemon.config_dir / "px2.toml").unlink()
+    reply = daemon.call("reload")
+    assert reply["xinet"]["unchanged"] == ["px"] and reply["removed"] == [], reply
+    assert reply["xinet"]["errors"] == [], reply
+    assert xstatus(daemon)["warnings"] == []
 
 
 def test_json_output_of_list_and_status(daemon, tmp_path):
