@@ -2319,7 +2319,8 @@ def _cmd_why(args: argparse.Namespace, out: _Output) -> int:
     if why.get("recent_output"):
         out.line("  recent output:")
         for entry in why["recent_output"]:
-            out.line(f"    {_format_time(entry['time'])} {entry['stream']}: {entry['line']}")
+            line = entry["line"].translate(_terminal_safe()) if out.terminal else entry["line"]
+            out.line(f"    {_format_time(entry['time'])} {entry['stream']}: {line}")
     if why.get("history"):
         out.line("  history:")
         for entry in why["history"]:

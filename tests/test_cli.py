@@ -268,15 +268,11 @@ def test_logs_follow_and_events_exit_3_when_the_daemon_goes_away(running):
                 process.wait(30)
 
 
-def test_logs_on_a_terminal_show_control_characters_escaped(running):
-    """A service's escape sequences reach a terminal as text, not as commands; piped, the
-    line is left as it was."""
-    running.service("painter", "printf 'a\\033]0;owned\\007b\\n'", service="oneshot = true\n")
-    ok(running.cli("reload"))
-    running.wait_state("painter", "Exited")
+def _on_a_terminal(running, *args):
+    """What the CLI writes to a terminal (a pty) for ``args``."""
     parent, child = pty.openpty()
     process = subprocess.Popen(
-        [PYTHON, ZINIT_PY, "--socket", running.socket, "logs", "painter"],
+        [PYTHON, ZINIT_PY, "--socket", running.socket, *args],
         stdout=child, stderr=subprocess.PIPE,
     )  # fmt: skip
     os.close(child)
@@ -289,8 +285,19 @@ def test_logs_on_a_terminal_show_control_characters_escaped(running):
     finally:
         os.close(parent)
     assert process.wait(30) == 0
-    assert b"| a\\x1b]0;owned\\x07b" in output, output
-    assert b"\x1b]0" not in output
+    return output
+
+
+def test_logs_on_a_terminal_show_control_characters_escaped(running):
+    """A service's escape sequences reach a terminal as text, not as commands (in logs and
+    in why's recent output); piped, the line is left as it was."""
+    running.service("painter", "printf 'a\\033]0;owned\\007b\\n'", service="oneshot = true\n")
+    ok(running.cli("reload"))
+    running.wait_state("painter", "Exited")
+    for command in ("logs", "why"):
+        output = _on_a_terminal(running, command, "painter")
+        assert b"a\\x1b]0;owned\\x07b" in output, (command, output)
+        assert b"\x1b]0" not in output, (command, output)
     piped = ok(running.cli("logs", "painter"))
     assert "| a\x1b]0;owned\x07b" in piped
 
