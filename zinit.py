@@ -5137,11 +5137,14 @@ class Service:
         )
         if message.ok:
             self.probe_failures = 0
+            was = self.health
             self.health = "healthy"
             if self.state == State.STARTING:
                 self._set_deadline(None, lambda: None)
                 self.running_since = self.clock()
                 self._set_state(State.RUNNING, f"health check passed ({message.detail})")
+            elif self.state == State.RUNNING and was == "failing":
+                self._set_state(State.RUNNING, f"health check passed again ({message.detail})")
             return
         self.probe_failures += 1
         if self.state == State.STARTING:
@@ -5151,7 +5154,15 @@ class Service:
             return
         if self.state != State.RUNNING:
             return
-        if self.probe_failures >= health.retries:
+        if self.probe_failures < health.retries:
+            # Still Running, but not to be shown as healthy meanwhile.
+            self.health = "failing"
+            self._set_state(
+                State.RUNNING,
+                f"health check failed {self.probe_failures} of {health.retries} times in a row"
+                f" ({message.detail})",
+            )
+        else:
             self.health = "unhealthy"
             self._begin_stopping(
                 "unhealthy",

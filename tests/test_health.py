@@ -168,6 +168,37 @@ def test_check_failing_later_restarts_the_service(daemon, tmp_path):
     assert unit["pid"] != pid
 
 
+def test_a_check_failing_fewer_than_retries_times_shows_as_failing(daemon, tmp_path):
+    """Between the first failed check and the last allowed one the service is still
+    Running, but its status says the checks fail, and says so no more once one passes."""
+    marker = tmp_path / "healthy"
+    marker.write_text("ok")
+    daemon.service(
+        "svc",
+        "sleep 1000",
+        health=f'type = "exec"\ncommand = "test -f {marker}"\ninterval_ms = 100\nretries = 1000\n',
+    )
+    daemon.start()
+    pid = daemon.wait_state("svc", "Running", timeout=30)["pid"]
+    marker.unlink()
+    unit = wait_until(
+        lambda: (u := daemon.status("svc"))["health"] == "failing" and u,
+        timeout=30,
+        what="the health to show failing",
+    )
+    assert (unit["state"], unit["pid"]) == ("Running", pid), unit
+    assert unit["reason"].startswith("health check failed "), unit
+    assert " of 1000 times in a row (" in unit["reason"], unit
+    marker.write_text("ok")
+    unit = wait_until(
+        lambda: (u := daemon.status("svc"))["health"] == "healthy" and u,
+        timeout=30,
+        what="the health to pass again",
+    )
+    assert unit["reason"].startswith("health check passed again ("), unit
+    assert (unit["state"], unit["pid"], unit["restarts"]) == ("Running", pid, 0), unit
+
+
 def test_http_check_failing_later_restarts_the_service(daemon, tmp_path):
     port = free_port()
     page = tmp_path / "health"
