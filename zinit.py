@@ -7483,6 +7483,20 @@ def server_main(argv: list[str] | None = None) -> int:
         writer.close()
 
 
+def _pyz_python_version(archive: str) -> str | None:
+    """The Python version a .pyz's C extensions were built for ("3.11"), if it tells."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(archive) as pyz:
+            for name in pyz.namelist():
+                if found := re.search(r"\.cpython-(\d)(\d+)-", name):
+                    return f"{found[1]}.{found[2]}"
+    except (OSError, zipfile.BadZipFile):
+        pass
+    return None
+
+
 def _serve(
     args: argparse.Namespace,
     directories: list[tuple[str, str | None]],
@@ -7501,7 +7515,11 @@ def _serve(
             )
         else:
             version = f"{sys.version_info[0]}.{sys.version_info[1]}"
-            why = f"a zinit.pyz runs only on the Python version it was built for; this is {version}"
+            built = _pyz_python_version(__loader__.archive) or "another"  # type: ignore[name-defined]
+            why = (
+                f"a zinit.pyz runs only on the Python version it was built for ({built}); "
+                f"this is {version}"
+            )
         print(f"zinit-server: cannot load gevent ({error}); {why}", file=sys.stderr)
         return 1
     writer.coalesce(runtime.loop.run_callback_threadsafe)

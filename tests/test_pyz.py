@@ -56,6 +56,16 @@ def _run(*argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def test_the_pyz_tells_which_python_it_was_built_for(builds):
+    """What the server names when another Python runs the .pyz and gevent cannot load."""
+    here = subprocess.run(
+        [PYTHON, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert zinit._pyz_python_version(str(builds[0])) == here
+    assert zinit._pyz_python_version(str(ROOT / "README.md")) is None
+
+
 def test_issue_4_two_builds_are_byte_identical(builds):
     """build_pyz.sh is reproducible: building twice gives the same bytes."""
     first, second = builds
