@@ -4516,6 +4516,25 @@ def _tagged_processes(name: str) -> list[int]:
     return found
 
 
+def _process_name(process: Any) -> str:
+    import psutil
+
+    try:
+        return process.name()
+    except psutil.Error:
+        return "?"
+
+
+def _is_alive(process: Any) -> bool:
+    """Whether a psutil.Process runs and is no zombie (never waits for it)."""
+    import psutil
+
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def _leftovers(name: str, pgid: int, leaf: str | None) -> list[int]:
     """Processes still alive from a service whose main process has ended."""
     if leaf is not None:
@@ -6158,10 +6177,45 @@ class Supervisor:
         for unit_class in ("user", "system"):
             names = {n for n, c in self.configs.items() if c.unit_class == unit_class}
             self.stop_units(names, reason)
+        self._stop_strays()
         self.cgroups.close()
         if self.forwarder is not None:
             self.forwarder.close()
         self.finished.set()
+
+    def _stop_strays(self) -> None:
+        """End what units left where their stops could not reach, once they are all stopped.
+
+        A process that left its unit's process group and cleared its environment,
+        on a host without cgroups, is found by nothing else; as a subreaper the
+        daemon inherits it once its parent dies, so every child still alive now
+        is one of those.  Stop signal, then SIGKILL after _ORPHAN_STOP_S.
+        """
+        import psutil
+
+        try:
+            strays = [p for p in psutil.Process().children() if _is_alive(p)]
+        except psutil.Error:
+            return
+        if not strays:
+            return
+        _log().warning(
+            "%d process(es) left behind by units outside their process groups: %s; stopping them",
+            len(strays),
+            ", ".join(f"{p.pid} ({_process_name(p)})" for p in strays),
+        )
+        for signum, limit_s in ((signal.SIGTERM, _ORPHAN_STOP_S), (signal.SIGKILL, 30.0)):
+            for process in strays:
+                try:
+                    process.send_signal(signum)  # psutil checks the pid is still that process
+                except psutil.Error:
+                    pass
+            deadline = self.clock() + limit_s
+            # libev reaps them (never psutil's wait): look again after each exit.
+            while (strays := [p for p in strays if _is_alive(p)]) and self.clock() < deadline:
+                self.runtime.wait_any_exit(deadline - self.clock())
+            if not strays:
+                return
 
     def debug_state(self) -> dict[str, Any]:
         return {

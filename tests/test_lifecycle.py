@@ -433,6 +433,33 @@ def test_without_cgroups_a_stop_still_signals_a_setsid_descendant(daemon, tmp_pa
     assert marks.read_text() == "term\n"  # asked to stop, not killed after 30 s
 
 
+def test_without_cgroups_shutdown_ends_what_left_the_group_and_its_tags(daemon, tmp_path):
+    """No cgroup: a descendant that called setsid and cleared its environment outlives its
+    unit's stop (nothing can tell it was the unit's), but not the daemon's shutdown."""
+    stray_argv = ["sleep", "4099.5"]
+    script = f"setsid sh -c 'exec env -i {shlex.join(stray_argv)}' & exec sleep 1000"
+    daemon.service("scrubber", f"sh -c {shlex.quote(script)}", lifecycle=FAST_STOP)
+    daemon.start(env={"ZINIT_CGROUP_ROOT": "/proc/zinit-no-cgroup-here"})
+    daemon.wait_state("scrubber", "Running")
+
+    def stray():
+        found = [p for p in psutil.process_iter(["cmdline"]) if p.info["cmdline"] == stray_argv]
+        return found[0] if found else None
+
+    process = wait_until(stray, what="the scrubbed descendant")
+    try:
+        assert daemon.cli("stop", "scrubber").returncode == 0
+        daemon.wait_state("scrubber", "Exited")
+        assert process.is_running() and process.ppid() == daemon.proc.pid  # the subreaper's
+        assert daemon.cli("shutdown").returncode == 0
+        assert daemon.proc.wait(60) == 0
+        assert not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
+        assert "left behind by units outside their process groups" in daemon.log()
+    finally:
+        if process.is_running():
+            process.kill()  # psutil checks the pid is still that process
+
+
 def test_a_crash_with_leftovers_is_stopping_not_running_while_they_are_ended(daemon):
     """After the main process exits, the unit shows Stopping (no pid) while its leftovers
     are ended, then the exit's outcome."""
@@ -633,6 +660,8 @@ def test_the_log_says_when_the_cgroup_mount_makes_starts_wait(daemon):
     daemon.start()
     daemon.wait_state("one", "Running")
     hint = f"mount -o remount,favordynmods {mount}"
+    # The log is written by a thread of the daemon's own: it may lag behind the unit.
+    wait_until(lambda: "listening on" in daemon.log(), what="the daemon's first log lines")
     if offered and "favordynmods" not in options.split(","):
         assert daemon.log().count(hint) == 1, daemon.log()
     else:
