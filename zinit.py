@@ -2131,26 +2131,36 @@ def _cmd_status(args: argparse.Namespace, out: _Output) -> int:
 
 
 def _cmd_start(args: argparse.Namespace, out: _Output) -> int:
+    return _start_or_restart("start", args, out)
+
+
+def _cmd_restart(args: argparse.Namespace, out: _Output) -> int:
+    return _start_or_restart("restart", args, out)
+
+
+def _start_or_restart(method: str, args: argparse.Namespace, out: _Output) -> int:
     if args.timeout is not None and not args.wait:
-        raise UsageError("start: --timeout only applies with --wait")
+        raise UsageError(f"{method}: --timeout only applies with --wait")
     if args.timeout is not None and not args.timeout > 0:
-        raise UsageError(f"start: --timeout: expected seconds > 0, got {args.timeout:g}")
+        raise UsageError(f"{method}: --timeout: expected seconds > 0, got {args.timeout:g}")
     if args.settle is not None and not args.wait:
-        raise UsageError("start: --settle only applies with --wait")
+        raise UsageError(f"{method}: --settle only applies with --wait")
     if args.settle is not None and not args.settle >= 0:
-        raise UsageError(f"start: --settle: expected seconds >= 0, got {args.settle:g}")
+        raise UsageError(f"{method}: --settle: expected seconds >= 0, got {args.settle:g}")
     with _connect(args) as client:
         if not args.wait:
-            client.start(args.name)
+            result = client.call(method, {"name": args.name})
             if out.as_json:
-                out.json({"ok": True})
+                out.json(result)
             return 0
-        return _start_and_wait(client, args, out)
+        return _start_and_wait(client, args, out, method)
 
 
-def _start_and_wait(client: ZinitClient, args: argparse.Namespace, out: _Output) -> int:
-    """Start a unit, print its state changes (and those of what it depends on), and
-    return 0 once it is up; 1 when it will not come up, or not within --timeout."""
+def _start_and_wait(
+    client: ZinitClient, args: argparse.Namespace, out: _Output, method: str = "start"
+) -> int:
+    """Start (or restart) a unit, print its state changes (and those of what it depends
+    on), and return 0 once it is up; 1 when it will not come up, or not within --timeout."""
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     # Only this unit and what it requires, wants or is ordered after: other
     # units changing meanwhile (a flapping one) are not this command's story.
@@ -2176,7 +2186,7 @@ def _start_and_wait(client: ZinitClient, args: argparse.Namespace, out: _Output)
     client.call("events.subscribe")
     # The daemon answers once the unit has acted on the start, so the status
     # read next belongs to this attempt, not to an earlier run.
-    client.call("start", {"name": args.name}, on_notification=show)
+    client.call(method, {"name": args.name}, on_notification=show)
     unit = client.call("status", {"name": args.name}, on_notification=show)
     verdict = _start_verdict(unit)
     if verdict is None:
@@ -2754,24 +2764,27 @@ def _cli_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, bool]
 
     add("list", _cmd_list, "list every unit with its state")
     add("status", _cmd_status, "show one unit's status").add_argument("name")
-    start = add("start", _cmd_start, "start a unit (and what it requires)")
-    start.add_argument("name")
-    start.add_argument("--wait", action="store_true", help="show progress and wait until it is up")
-    start.add_argument(
-        "--timeout", type=float, default=None, help="with --wait: give up after S seconds"
-    )
-    start.add_argument(
-        "--settle",
-        type=float,
-        default=None,
-        metavar="S",
-        help="with --wait: a service without a health check must stay Running S seconds "
-        f"(default {_START_SETTLE_S:g}; 0: do not wait)",
-    )
+    for name, handler, text in (
+        ("start", _cmd_start, "start a unit (and what it requires)"),
+        ("restart", _cmd_restart, "restart a unit and the units that require it"),
+    ):
+        start = add(name, handler, text)
+        start.add_argument("name")
+        start.add_argument(
+            "--wait", action="store_true", help="show progress and wait until it is up"
+        )
+        start.add_argument(
+            "--timeout", type=float, default=None, help="with --wait: give up after S seconds"
+        )
+        start.add_argument(
+            "--settle",
+            type=float,
+            default=None,
+            metavar="S",
+            help="with --wait: a service without a health check must stay Running S seconds "
+            f"(default {_START_SETTLE_S:g}; 0: do not wait)",
+        )
     add("stop", _simple("stop"), "stop a unit, after the units that require it").add_argument(
-        "name"
-    )
-    add("restart", _simple("restart"), "restart a unit and the units that require it").add_argument(
         "name"
     )
     kill = add("kill", _cmd_kill, "send a signal to a unit's process group")

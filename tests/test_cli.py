@@ -207,6 +207,24 @@ def test_start_wait_fails_for_a_service_that_exits_right_after_starting(running)
     assert result.returncode == 2 and "--settle only applies with --wait" in result.stderr
 
 
+def test_restart_wait_returns_once_the_new_process_is_up(running):
+    """restart --wait, as start --wait: progress, then 0 once up; 1 when it will not be."""
+    old = running.status("sleeper")["pid"]
+    out = ok(running.cli("restart", "--wait", "--settle", "0.2", "sleeper"))
+    assert out.strip().endswith("sleeper is Running"), out
+    unit = running.status("sleeper")
+    assert unit["state"] == "Running" and unit["pid"] not in (None, old)
+    running.service(
+        "flap", "sh -c 'exit 3'", service='status = "stop"\n', lifecycle='restart = "never"\n'
+    )
+    ok(running.cli("reload"))
+    result = running.cli("restart", "--wait", "--settle", "30", "flap", timeout=60)
+    assert result.returncode == 1, result
+    assert "flap" in result.stderr and "exited with code 3" in result.stderr, result.stderr
+    result = running.cli("restart", "--timeout", "1", "sleeper")
+    assert result.returncode == 2 and "--timeout only applies with --wait" in result.stderr
+
+
 def test_kill(running):
     pid = running.status("sleeper")["pid"]
     ok(running.cli("kill", "sleeper", "SIGKILL"))
