@@ -2584,12 +2584,39 @@ def validate_directory(
                     continue
                 issue = at(config, f"dependencies.{kind}", f"{dep!r} is not defined")
                 (problems if kind == "requires" else warnings).append((name, issue))
+    for name, config in sorted(units.items()):
+        if config.is_target:
+            continue
+        if config.dir is not None and not os.path.isdir(config.dir):
+            reason = f"working directory {config.dir!r} does not exist here"
+            warnings.append((name, at(config, "service.dir", reason)))
+        elif (missing := _missing_program(config)) is not None:
+            warnings.append((name, at(config, "service.exec", missing)))
     for name, proxy in sorted(proxies.items()):
         if proxy.service not in units and proxy.service not in errors:
             # The daemon installs it all the same, and warns (a broken file is its own error).
             warning = at(proxy, "xinet.service", f"{proxy.service!r} is not defined")
             warnings.append((name, warning))
     return problems, warnings, units
+
+
+def _missing_program(config: UnitConfig) -> str | None:
+    """Why a service's program could not be run here, or None (a warning: the daemon
+    may run elsewhere, or the program be installed by another unit first)."""
+    import shutil
+
+    program = config.argv[0]
+    if "/" in program:
+        path = os.path.join(config.dir or "", program)
+        if not os.path.exists(path):
+            return f"{program!r} does not exist here"
+        if os.path.isdir(path) or not os.access(path, os.X_OK):
+            return f"{program!r} is not an executable file here"
+        return None
+    own = dict(config.env).get("PATH")
+    if shutil.which(program, path=own or os.environ.get("PATH", os.defpath)) is None:
+        return f"{program!r} is not found on {'the PATH its env sets' if own else 'PATH here'}"
+    return None
 
 
 def _cmd_xinet_help(args: argparse.Namespace, out: _Output) -> int:

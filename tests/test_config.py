@@ -749,6 +749,29 @@ def test_validate_a_good_directory():
     assert "error" not in result.stdout
 
 
+def test_validate_warns_of_a_program_or_directory_missing_here(tmp_path):
+    """The daemon may run elsewhere, so these are warnings; one it would find is none."""
+    (tmp_path / "abs.toml").write_text('[service]\nexec = "/nonexistent/ghostd -x"\n')
+    (tmp_path / "bare.toml").write_text('[service]\nexec = "zinit-no-such-program"\n')
+    (tmp_path / "own.toml").write_text(
+        '[service]\nexec = "sleep 1"\n[service.env]\nPATH = "/nonexistent"\n'
+    )
+    (tmp_path / "dir.toml").write_text('[service]\nexec = "sleep 1"\ndir = "/nonexistent"\n')
+    (tmp_path / "fine.toml").write_text('[service]\nexec = "sh -c true"\ndir = "/"\n')
+    result = _validate(tmp_path)
+    assert result.returncode == 0, result
+    expected = [
+        ("abs.toml:2:8", "service.exec", "'/nonexistent/ghostd' does not exist here"),
+        ("bare.toml:2:8", "service.exec", "'zinit-no-such-program' is not found on PATH here"),
+        ("dir.toml:3:7", "service.dir", "working directory '/nonexistent' does not exist here"),
+        ("own.toml:2:8", "service.exec", "'sleep' is not found on the PATH its env sets"),
+    ]
+    assert result.stdout.splitlines() == [
+        *(f"warning: {tmp_path}/{where}: {key}: {why}" for where, key, why in expected),
+        f"{tmp_path}: 5 unit(s), ok",
+    ]
+
+
 def test_validate_only_warnings_is_ok(tmp_path):
     (tmp_path / "web.toml").write_text(
         '[service]\nexec = "sleep 1"\n[dependencies]\nafter = ["db"]\n'
