@@ -2437,6 +2437,28 @@ def _bulk(method: str, key: str) -> Callable[[argparse.Namespace, _Output], int]
     return command
 
 
+def _cmd_delete_all(args: argparse.Namespace, out: _Output) -> int:
+    """delete-all, which deletes unit files: asked for first when typed at a terminal."""
+    if not args.yes and sys.stdin is not None and sys.stdin.isatty():
+        with _connect(args) as client:
+            rows = client.call("list")
+        names = sorted(row["name"] for row in rows if row.get("class") == "user")
+        if not names:
+            out.line("deleted: -")
+            return 0
+        print(
+            f"delete-all stops {len(names)} unit(s) and deletes their files: "
+            f"{', '.join(names)}\ngo on? [y/N] ",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+            print("zinit: delete-all: nothing deleted", file=sys.stderr)
+            return 1
+    return _bulk("delete_all", "deleted")(args, out)
+
+
 def _cmd_shutdown(args: argparse.Namespace, out: _Output, method: str = "shutdown") -> int:
     """Shut down (or power off / reboot), printing each unit's progress."""
     with _connect(args) as client:
@@ -2836,7 +2858,12 @@ def _cli_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, bool]
     )
     add("start-all", _bulk("start_all", "started"), "start every user-class unit")
     add("stop-all", _bulk("stop_all", "stopped"), "stop every user-class unit")
-    add("delete-all", _bulk("delete_all", "deleted"), "stop and delete every user-class unit")
+    delete_all = add(
+        "delete-all", _cmd_delete_all, "stop every user-class unit and delete its file"
+    )
+    delete_all.add_argument(
+        "-y", "--yes", action="store_true", help="do not ask first (asked only at a terminal)"
+    )
     add("shutdown", _cmd_shutdown, "stop everything in order and end the daemon")
     add(
         "poweroff",

@@ -448,6 +448,40 @@ def test_start_all_stop_all_delete_all(running):
     assert list(running.config_dir.glob("*.toml")) == []
 
 
+def _answering_at_a_terminal(running, answer, *args):
+    """Run the CLI with a terminal (a pty) as stdin, typing ``answer``."""
+    parent, child = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [PYTHON, ZINIT_PY, "--socket", running.socket, *args],
+            stdin=child, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        os.write(parent, answer.encode())
+        out, err = process.communicate(timeout=60)
+    finally:
+        os.close(parent)
+        os.close(child)
+    return process.returncode, out, err
+
+
+def test_delete_all_asks_first_at_a_terminal(running):
+    """delete-all deletes unit files: typed at a terminal it lists them and asks; --yes
+    (or a script, without a terminal) does not ask."""
+    files = sorted(running.config_dir.glob("*.toml"))
+    code, out, err = _answering_at_a_terminal(running, "n\n", "delete-all")
+    assert code == 1, (out, err)
+    assert "delete-all stops 3 unit(s) and deletes their files: idle, job, sleeper" in err, err
+    assert "go on? [y/N]" in err and "zinit: delete-all: nothing deleted" in err, err
+    assert sorted(running.config_dir.glob("*.toml")) == files
+    code, out, err = _answering_at_a_terminal(running, "y\n", "delete-all")
+    assert code == 0 and "deleted: idle, job, sleeper" in out, (out, err)
+    assert list(running.config_dir.glob("*.toml")) == []
+    running.service("again", "sleep 1000")
+    ok(running.cli("reload"))
+    code, out, err = _answering_at_a_terminal(running, "", "delete-all", "--yes")
+    assert code == 0 and "deleted: again" in out and "go on?" not in err, (out, err)
+
+
 def test_check(running):
     """check exits 0 when every status=start unit is up, 1 when one is Failed."""
     ok(running.cli("check"))
