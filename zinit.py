@@ -2420,6 +2420,11 @@ def _cmd_remove_service(args: argparse.Namespace, out: _Output) -> int:
         out.json(result)
     else:
         out.line(f"removed {result['name']} ({result['path']})")
+        if result.get("stopped"):  # an older daemon does not say
+            out.line(
+                f"stopped with it, as they require it: {', '.join(result['stopped'])} "
+                f"(wanted ones wait, Blocked, for {result['name']!r} to be back)"
+            )
     return 0
 
 
@@ -6108,12 +6113,14 @@ class Supervisor:
 
     def remove_service(self, name: str) -> dict[str, Any]:
         with self._config_lock:
+            stopped: list[str] = []
             if name in self.broken and name not in self.units:
                 path = self.broken.pop(name).path
             else:
                 self.unit(name)
                 path = self.configs[name].path
                 orphaned = self._requirers([name], Service.is_active)
+                stopped = self._requirers([name], lambda u: u.is_active() or u.is_up())
                 stops = self._stop_counts(orphaned)
                 self.stop_units({name}, "removed")
                 self._forget(name)
@@ -6127,7 +6134,7 @@ class Supervisor:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
-        return {"name": name, "path": path}
+        return {"name": name, "path": path, "stopped": stopped}
 
     def delete_all(self) -> list[str]:
         with self._config_lock:

@@ -503,7 +503,11 @@ def test_removed_requirement_blocks_its_dependents_until_it_returns(daemon):
     daemon.start()
     web_pid = daemon.wait_state("web", "Running")["pid"]
 
-    assert daemon.cli("remove-service", "db").returncode == 0
+    removed = daemon.cli("remove-service", "db")
+    assert removed.returncode == 0, removed.stderr
+    assert removed.stdout.splitlines()[1:] == [
+        "stopped with it, as they require it: web (wanted ones wait, Blocked, for 'db' to be back)"
+    ], removed.stdout
     web = reason_of(daemon, "web", "requires 'db', which is not defined")
     assert web["state"] == "Blocked" and not pid_alive(web_pid)
     # Back with status=stop: web's start pulls it in, as at boot.
