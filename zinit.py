@@ -2046,7 +2046,12 @@ def _unit_row(unit: dict[str, Any]) -> list[str]:
 
 
 def _format_time(stamp: float) -> str:
-    return time.strftime("%H:%M:%S", time.localtime(stamp)) + f".{int(stamp % 1 * 1000):03d}"
+    """Time of day to the millisecond, after the date when that is not today."""
+    local = time.localtime(stamp)
+    clock = time.strftime("%H:%M:%S", local) + f".{int(stamp % 1 * 1000):03d}"
+    if local[:3] != time.localtime()[:3]:
+        return time.strftime("%Y-%m-%d ", local) + clock
+    return clock
 
 
 def _print_event(out: _Output, event: dict[str, Any]) -> None:
@@ -3427,7 +3432,8 @@ class _TuiScreen:
         self.put(log_top, 0, follows, width, self.attrs["dim"])
         for y, entry in enumerate(list(state.logs)[-room:], log_top + 1):
             marker = "!" if entry["stream"] == "stderr" else "|"
-            self.put(y, 0, f"{_format_time(entry['time'])[:8]} {marker} {entry['line']}", width)
+            clock = time.strftime("%H:%M:%S", time.localtime(entry["time"]))
+            self.put(y, 0, f"{clock} {marker} {entry['line']}", width)
 
     def _facts(
         self, unit: dict[str, Any], why: dict[str, Any] | None

@@ -11,11 +11,15 @@ import json
 import os
 import pty
 import queue
+import re
 import subprocess
 import threading
+import time
 
 import pytest
 from conftest import PYTHON, ZINIT_PY, pid_alive, wait_until
+
+import zinit
 
 SEVEN = {"Inactive", "Blocked", "Starting", "Running", "Stopping", "Exited", "Failed"}
 UNIT_KEYS = {
@@ -49,6 +53,15 @@ def as_json(result: subprocess.CompletedProcess):
 
 
 # -- every command ------------------------------------------------------------
+
+
+def test_times_shown_carry_the_date_when_it_is_not_today():
+    """logs, events and why show the time of day, and the date before it for older lines."""
+    now = time.time()
+    assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3}", zinit._format_time(now))
+    days_ago = now - 3 * 86400
+    expected = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(days_ago))
+    assert zinit._format_time(days_ago).startswith(expected + ".")
 
 
 def test_list(running):
