@@ -1021,6 +1021,8 @@ def parse_unit_text(text: str, path: str, name: str) -> UnitConfig | XinetConfig
             message = message.removesuffix(" (at end of document)")
         message = message[:1].lower() + message[1:]
         raise ConfigError(path, f"TOML syntax error: {message}", line=line, col=col) from None
+    except RecursionError:  # tomllib recurses once per level of nested arrays or tables
+        raise ConfigError(path, "TOML nested too deeply to read") from None
     return _UnitParser(path, text, name).parse(data)
 
 
@@ -1122,7 +1124,7 @@ def _declares_proxy(path: str) -> bool:
         return False
     try:
         return "xinet" in tomllib.loads(text)
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         return re.search(r"^\s*\[\s*xinet\s*\]", text, re.MULTILINE) is not None
 
 

@@ -634,6 +634,20 @@ def test_validate_json_has_the_shape_of_reloads_reply(tmp_path):
     assert (warning["unit"], warning["key"]) == ("web", "dependencies.wants")
 
 
+def test_a_file_nested_too_deeply_is_one_error_and_the_others_load(tmp_path):
+    """tomllib recurses per nesting level: a small file could exhaust the stack."""
+    deep = '[service]\nexec = "sleep 1"\nx = ' + "[" * 5000 + "]" * 5000 + "\n"
+    (tmp_path / "deep.toml").write_text(deep)
+    (tmp_path / "proxy.toml").write_text("[xinet]\nx = " + "[" * 5000 + "]" * 5000 + "\n")
+    (tmp_path / "ok.toml").write_text('[service]\nexec = "sleep 1"\n')
+    units, errors = zinit.load_config_dir(str(tmp_path))
+    assert list(units) == ["ok"]
+    assert str(errors["deep"]) == f"{tmp_path}/deep.toml: TOML nested too deeply to read"
+    result = _validate(tmp_path)
+    assert result.returncode == 1, result
+    assert f"error: {tmp_path}/proxy.toml: TOML nested too deeply to read" in result.stdout
+
+
 def test_every_problem_in_a_file_is_reported_once(tmp_path):
     """Independent mistakes are all found in one pass, in file order; a wrong value is not
     reported again as a missing one; a key in the wrong table says which table it belongs in."""
