@@ -1537,7 +1537,14 @@ def _encode_message(message: dict[str, Any] | list[Any]) -> str:
 
 def encode_frame(message: dict[str, Any] | list[Any]) -> bytes:
     """Serialise one JSON-RPC message (or batch) as a newline-terminated line."""
-    return _encode_message(message).encode() + b"\n"
+    text = _encode_message(message)
+    try:
+        return text.encode() + b"\n"
+    except UnicodeEncodeError:
+        # A string that is no valid Unicode (a file name's undecodable bytes, a lone
+        # surrogate a client sent) can only be inside a JSON string: there its
+        # backslash escape is the JSON escape of the same character.
+        return text.encode("utf-8", "backslashreplace") + b"\n"
 
 
 def _request_frame(
@@ -2951,6 +2958,9 @@ def cli_main(argv: list[str]) -> int:
     if not found:
         parser, _ = _cli_parser()
     args = parser.parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):
+        # A name the daemon could not decode (a file's raw bytes) prints escaped.
+        sys.stdout.reconfigure(errors="backslashreplace")
     out = _Output(args.json)
     try:
         return args.handler(args, out)
@@ -6061,6 +6071,12 @@ class Supervisor:
             raise UsageError(
                 f"{name!r} is not a unit name (letters, digits, '_.@-', up to 64 characters)"
             )
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError as error:  # a lone surrogate: JSON can carry one
+            raise UsageError(
+                f"the unit's text is not valid Unicode (character {error.start + 1})"
+            ) from None
         with self._config_lock:
             path = os.path.join(self.write_dir, f"{name}.toml")
             if name in self.units or name in self.broken or os.path.exists(path):
@@ -6073,9 +6089,16 @@ class Supervisor:
                 )
             os.makedirs(self.write_dir, exist_ok=True)
             temporary = f"{path}.{os.getpid()}.tmp"
-            with open(temporary, "w", encoding="utf-8") as stream:
-                stream.write(text)
-            os.replace(temporary, path)
+            try:
+                with open(temporary, "wb") as stream:
+                    stream.write(data)
+                os.replace(temporary, path)
+            except OSError:
+                try:
+                    os.unlink(temporary)
+                except OSError:
+                    pass
+                raise
             self.configs[name] = config
             self.units[name] = Service(config, self)
             self._rebuild_graph()

@@ -321,6 +321,26 @@ def test_unknown_unit_is_server_error_with_name(wire):
     wire.ping()
 
 
+def test_strings_that_are_no_valid_unicode_are_answered_escaped(wire, daemon):
+    """A lone surrogate (sent by a client, or from a file name's undecodable bytes) cannot
+    be UTF-8: replies carry it as a JSON escape, and the connection goes on."""
+    wire.send('{"jsonrpc":"2.0","id":"\\ud800","method":"status","params":{"name":"\\udcff"}}')
+    error = assert_error(wire.read(), -32000, "\ud800")
+    assert error["data"]["name"] == "\udcff"
+    wire.ping()
+    (daemon.config_dir / os.fsdecode(b"\xff\xfe.toml")).write_text('[service]\nexec = "sleep 1"\n')
+    assert daemon.cli("reload").returncode == 1  # not a unit name
+    listed = daemon.cli("list")
+    assert listed.returncode == 0, listed.stderr
+    assert "\\udcff\\udcfe" in listed.stdout, listed.stdout
+    assert daemon.cli("check").returncode == 1  # says what is wrong, does not lose the daemon
+    wire.request("add_service", {"toml": '[service]\nexec = "sleep 1"\n# \ud800\n', "name": "sur"})
+    error = assert_error(wire.read(), -32602, 1)
+    assert "not valid Unicode" in error["message"], error
+    assert [p.name for p in daemon.config_dir.iterdir() if p.name.startswith("sur")] == []
+    wire.ping()
+
+
 def test_many_connections_at_once(daemon):
     """Several connections are served independently; closing one does not affect another."""
     daemon.start()
