@@ -4131,7 +4131,30 @@ def _split_lines(data: bytes) -> list[str]:
 
 
 class _SpawnError(Exception):
-    """The service could not be started; the text says why, for ``zinit why``."""
+    """The service could not be started; the text says why, for ``zinit why``.
+
+    ``transient`` when the daemon lacked a resource (file descriptors, memory,
+    processes): trying again later may work, so the restart policy applies.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+def _short_of_resources(error: OSError) -> _SpawnError | None:
+    """A _SpawnError for an error that says the daemon is short of something, else None."""
+    import errno
+
+    what = {
+        errno.EMFILE: "file descriptors",
+        errno.ENFILE: "file descriptors (system-wide)",
+        errno.ENOMEM: "memory",
+        errno.EAGAIN: "processes (or another resource)",
+    }.get(error.errno or 0)
+    if what is None:
+        return None
+    return _SpawnError(f"the daemon is out of {what} ({error.strerror})", transient=True)
 
 
 def _cgroup2_mounts() -> list[tuple[str, str, list[str]]]:
@@ -4491,7 +4514,12 @@ def _spawn_service(
     if config.dir is not None and not os.path.isdir(config.dir):
         raise _SpawnError(f"working directory {config.dir!r} does not exist")
     out_read, out_write = os.pipe()
-    err_read, err_write = os.pipe()
+    try:
+        err_read, err_write = os.pipe()
+    except OSError as error:
+        os.close(out_read)
+        os.close(out_write)
+        raise _short_of_resources(error) or _SpawnError(f"cannot make a pipe ({error})") from None
     try:
         popen, leaf = cgroups.spawn_in(
             leaf,
@@ -4521,6 +4549,8 @@ def _spawn_service(
     except OSError as error:
         for fd in (out_read, err_read):
             os.close(fd)
+        if (short := _short_of_resources(error)) is not None:
+            raise short from None
         raise _SpawnError(f"cannot run {argv[0]!r}: {error.strerror or error}") from None
     except (ValueError, TypeError) as error:  # e.g. a NUL byte in the command line
         for fd in (out_read, err_read):
@@ -5147,13 +5177,21 @@ class Service:
         self._apply_pending_config()
         self._leaf = self.supervisor.cgroups.leaf(self.name)
         try:
-            popen, out_fd, err_fd, self._leaf = _spawn_service(
-                self.config, self.supervisor.cgroups, self._leaf
-            )
+            try:
+                popen, out_fd, err_fd, self._leaf = _spawn_service(
+                    self.config, self.supervisor.cgroups, self._leaf
+                )
+            except OSError as error:  # the first pipe
+                raise _short_of_resources(error) or error from None
         except _SpawnError as error:
-            self.wanted = False
             self.pid = None
             self.spawn_error = f"spawn failed: {error}"
+            if error.transient:
+                _log().warning("%s: %s", self.name, self.spawn_error)
+                self._after_exit(self.spawn_error, failed=True, uptime=0.0, at_least_s=1.0)
+                self.spawn_error = self.reason  # with when it is tried again, if it is
+                return
+            self.wanted = False
             self._set_state(State.FAILED, self.spawn_error)
             self.supervisor.on_failed_for_good(self)
             return
@@ -5419,8 +5457,14 @@ class Service:
                 break
         self.supervisor.cgroups.remove(self._leaf)
 
-    def _after_exit(self, description: str, *, failed: bool, uptime: float) -> None:
-        """Decide, after an exit that nobody asked for, between restart and rest."""
+    def _after_exit(
+        self, description: str, *, failed: bool, uptime: float, at_least_s: float = 0.0
+    ) -> None:
+        """Decide, after an exit that nobody asked for, between restart and rest.
+
+        ``at_least_s`` bounds the delay from below (a spawn that found the daemon
+        short of resources must not be tried again at once).
+        """
         if uptime >= STABLE_RUN_S:
             self.failures = 0
         policy = self.config.restart
@@ -5446,9 +5490,10 @@ class Service:
             )
             self.supervisor.on_failed_for_good(self)
             return
-        delay = (
+        delay = max(
+            at_least_s,
             min(self.config.restart_delay_ms * (2**self.failures), self.config.restart_delay_max_ms)
-            / 1000
+            / 1000,
         )
         self.failures += 1
         if delay <= 0:
@@ -7099,7 +7144,7 @@ class _Xinet:
 
 
 # ==== 18. RPC server =========================================================
-# The control socket: a gevent StreamServer on a unix socket (mode 0600, or
+# The control socket: a unix socket served by the proxy's acceptor (mode 0600, or
 # 0660 with --socket-group), one greenlet per connection.  Frames are bounded
 # at MAX_FRAME_BYTES; every malformed frame gets its JSON-RPC error and the
 # connection goes on.  Handlers are bound by name from _METHODS, never built
@@ -7146,7 +7191,8 @@ class _RpcServer:
         self.xinet = xinet
         self.path = path
         self.group = group
-        self.server: Any = None
+        self.acceptor: _Acceptor | None = None
+        self.connections: set[Any] = set()  # the greenlets serving a client
         self.on_shutdown: Callable[[str], None] | None = None
         self.handlers = {method.name: getattr(self, method.handler_name) for method in _METHODS}
 
@@ -7154,9 +7200,6 @@ class _RpcServer:
 
     def listen(self) -> None:
         """Bind the control socket.  Raises ZinitError if another daemon owns it."""
-        import gevent.server
-        import gevent.socket
-
         directory = os.path.dirname(self.path) or "."
         os.makedirs(directory, exist_ok=True)
         if os.path.exists(self.path) or os.path.islink(self.path):
@@ -7181,7 +7224,7 @@ class _RpcServer:
                 if not self.group.isdigit():
                     raise ZinitError(f"--socket-group: no group named {self.group!r}") from None
                 gid = int(self.group)  # a bare gid, as for a unit's group
-        listener = gevent.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)  # no window in which the socket is wider than 0600
         try:
             listener.bind(self.path)
@@ -7191,18 +7234,32 @@ class _RpcServer:
             os.chown(self.path, -1, gid)
             os.chmod(self.path, 0o660)
         listener.listen(128)
-        self.server = gevent.server.StreamServer(listener, self._serve)
-        self.server.start()
+        # The proxy's acceptor: at the fd limit it pauses and says so once,
+        # where gevent's StreamServer would print a traceback every second.
+        runtime = self.supervisor.runtime
+        self.acceptor = _Acceptor(runtime, listener, f"unix:{self.path}", self._accepted)
 
     def close(self) -> None:
-        if self.server is not None:
-            self.server.stop(timeout=1)
+        if self.acceptor is not None:
+            self.acceptor.close()
+            self.supervisor.runtime.gevent.killall(list(self.connections), timeout=1)
         try:
             os.unlink(self.path)
         except OSError:
             pass
 
-    def _serve(self, sock: Any, address: Any) -> None:
+    def _accepted(self, client: socket.socket) -> None:
+        import gevent
+        import gevent.socket
+
+        me = gevent.getcurrent()
+        self.connections.add(me)
+        try:
+            self._serve(gevent.socket.socket(client.family, client.type, fileno=client.detach()))
+        finally:
+            self.connections.discard(me)
+
+    def _serve(self, sock: Any) -> None:
         connection = _Connection(sock)
         reader = sock.makefile("rb")
         try:
@@ -7229,6 +7286,11 @@ class _RpcServer:
                     connection.send(reply)
                 for follow in follows:  # streams start after the reply that opens them
                     connection.streams.append(self.supervisor.runtime.gevent.spawn(follow))
+                # A client that sends requests without waiting for replies would keep
+                # the hub (reading from a full buffer never yields): let the others
+                # run between two of its requests.  (gevent.idle() would wait for a
+                # quiet loop, which a unit flooding its output never leaves.)
+                self.supervisor.runtime.gevent.sleep(0)
         except OSError:
             pass
         finally:

@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -618,6 +619,47 @@ def rpc_rates(results: Results, daemon: Zinit, runs: int, seconds: float) -> Non
                 results.add(f"RPC {label}, {clients} client(s)", "/s", "zinit", rate)
 
 
+def status_beside_a_pipelining_client(results: Results, daemon: Zinit, seconds: float) -> None:
+    """One client sends pings without waiting for replies; another asks for a status
+    now and then: how long it waits (the first must not have the daemon to itself)."""
+    stop = threading.Event()
+    hog = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    hog.connect(daemon.socket)
+
+    def drain() -> None:
+        while hog.recv(1 << 20):
+            pass
+
+    def flood() -> None:
+        burst = b'{"jsonrpc":"2.0","id":1,"method":"ping"}\n' * 200
+        while not stop.is_set():
+            hog.sendall(burst)
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (drain, flood)]
+    for thread in threads:
+        thread.start()
+    latencies = []
+    try:
+        time.sleep(0.2)
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            with daemon.client() as client:
+                started = time.perf_counter()
+                client.status(daemon.names[0])
+                latencies.append(time.perf_counter() - started)
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        threads[1].join()
+        hog.shutdown(socket.SHUT_RDWR)
+        hog.close()
+        threads[0].join()
+    results.add(
+        "status beside a pipelining client, median", "ms", "zinit", statistics.median(latencies)
+    )
+    results.add("status beside a pipelining client, max", "ms", "zinit", max(latencies))
+
+
 def log_throughput(results: Results, tmp: str, seconds: float) -> None:
     """zinit alone: a unit printing numbered lines as fast as it can.
 
@@ -832,6 +874,10 @@ def main() -> int:
                 results.attempt("CLI status", lambda: cli_status(results, peers, cli_runs))
                 results.attempt(
                     "RPC rates", lambda: rpc_rates(results, peers[0], rpc_runs, rpc_seconds)
+                )
+                results.attempt(
+                    "pipelining client",
+                    lambda: status_beside_a_pipelining_client(results, peers[0], rpc_seconds * 2),
                 )
             finally:
                 stop_all(peers)

@@ -460,6 +460,37 @@ def test_without_cgroups_shutdown_ends_what_left_the_group_and_its_tags(daemon, 
             process.kill()  # psutil checks the pid is still that process
 
 
+def test_a_spawn_short_of_file_descriptors_leaks_none_and_is_tried_again(daemon):
+    """At the daemon's fd limit a spawn fails saying so (not blaming the program), closes
+    what it had opened, and follows the restart policy: it runs once fds are free."""
+    import resource
+
+    daemon.service("later", "sleep 1000", service='status = "stop"\n')
+    daemon.start()
+    daemon.wait_state("later", "Inactive")
+    pid = daemon.proc.pid
+
+    def fds() -> set[int]:
+        return {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+
+    taken = fds()
+    free = sorted(set(range(max(taken) + 4)) - taken)
+    limits = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+    # Three fds: the control connection and one pipe; the second pipe cannot be had.
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (free[2] + 1, limits[1]))
+    try:
+        result = daemon.cli("start", "later")
+        why = "spawn failed: the daemon is out of file descriptors (Too many open files); "
+        assert result.returncode == 1, result
+        assert f"zinit: 'later' did not start: {why}restarting in " in result.stderr, result
+        unit = daemon.status("later")
+        assert unit["state"] == "Failed" and unit["reason"].startswith(why), unit
+        wait_until(lambda: fds() == taken, what="the daemon to hold no more fds than before")
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
+    assert daemon.wait_state("later", "Running", timeout=30)["restarts"] >= 1
+
+
 def test_a_crash_with_leftovers_is_stopping_not_running_while_they_are_ended(daemon):
     """After the main process exits, the unit shows Stopping (no pid) while its leftovers
     are ended, then the exit's outcome."""
