@@ -1306,9 +1306,14 @@ def dependency_tree(units: dict[str, UnitConfig], root: str | None = None) -> li
     With ``root``, the tree under that unit; otherwise one tree per unit that
     nothing depends on, then one per unit still not shown (the members of a
     cycle that nothing outside it points at).  Units seen twice on one path
-    are marked, not walked.
+    are marked, not walked.  A unit with dependencies is walked once: met
+    again, it is marked ``repeated`` (its subtree is shown above), so the
+    forest has one node per unit and edge, not one per path (shared
+    dependencies would make those exponential).  Below _TREE_MAX_DEPTH a
+    node is marked ``truncated``.
     """
     shown: set[str] = set()
+    walked: set[str] = set()
 
     def build(name: str, relation: str, path: frozenset[str]) -> dict[str, Any]:
         shown.add(name)
@@ -1320,6 +1325,15 @@ def dependency_tree(units: dict[str, UnitConfig], root: str | None = None) -> li
         if name in path:
             node["cycle"] = True
             return node
+        if not config.edges():
+            return node
+        if name in walked:
+            node["repeated"] = True
+            return node
+        if len(path) >= _TREE_MAX_DEPTH:
+            node["truncated"] = True
+            return node
+        walked.add(name)
         for kind in ("requires", "wants", "after"):
             for child in getattr(config, kind):
                 node["children"].append(build(child, kind, path | {name}))
@@ -1333,6 +1347,11 @@ def dependency_tree(units: dict[str, UnitConfig], root: str | None = None) -> li
         if name not in shown:
             forest.append(build(name, "root", frozenset()))
     return forest
+
+
+#: How deep ``zinit tree`` goes (each level is a call here, in the JSON coder and
+#: in the CLI, all bounded by Python's recursion limit).
+_TREE_MAX_DEPTH = 100
 
 
 # ==== 7. States ==============================================================
@@ -3118,6 +3137,8 @@ def _tree_lines(forest: list[dict[str, Any]], ascii_only: bool) -> list[tuple[st
         relation = "" if root else f"{node['relation']} "
         mark = " (cycle)" if node.get("cycle") else ""
         mark += " (config error)" if node.get("error") else ""
+        mark += " (see above)" if node.get("repeated") else ""
+        mark += " (deeper levels not shown)" if node.get("truncated") else ""
         lead = "" if root else (last_branch if last else branch)
         lines.append((f"{prefix}{lead}{relation}{node['name']}{mark} ", node.get("state")))
         children = node.get("children", [])

@@ -223,3 +223,49 @@ def test_long_chain_closed_into_a_ring(chain):
     assert cycles["u0"].startswith("u0 → u1 → u2")
     assert cycles["u0"].endswith(f"{last} → u0")
     assert cycles["u0"].count(" → ") == CHAIN
+
+
+# -- dependency_tree ----------------------------------------------------------
+
+
+def _nodes(forest):
+    stack, count = list(forest), 0
+    while stack:
+        node = stack.pop()
+        count += 1
+        stack.extend(node["children"])
+    return count
+
+
+def test_tree_walks_a_shared_dependency_once():
+    """Layers of two, each unit requiring both of the next: one node per unit and edge
+    (paths would number 2**24), the second meeting of a unit marked, not walked."""
+    layers = 24
+    graph = units(
+        *(
+            U(name=f"l{i}{side}", requires=(f"l{i + 1}a", f"l{i + 1}b") if i < layers - 1 else ())
+            for i in range(layers)
+            for side in "ab"
+        )
+    )
+    forest = zinit.dependency_tree(graph)
+    assert [root["name"] for root in forest] == ["l0a", "l0b"]
+    edges = 2 * 2 * (layers - 1)
+    assert _nodes(forest) == edges + 2  # every edge once, plus the two roots
+    assert [child.get("repeated") for child in forest[1]["children"]] == [True, True]
+    l1b = forest[0]["children"][1]  # its dependencies are l1a's, walked under l1a
+    assert [(c["name"], c.get("repeated")) for c in l1b["children"]] == [
+        ("l2a", True),
+        ("l2b", True),
+    ]
+    # l3a: its own two edges, those of the 19 layers below it but the last, and itself
+    assert _nodes(zinit.dependency_tree(graph, "l3a")) == 2 + 2 * 2 * (layers - 5) + 1
+
+
+def test_tree_stops_at_its_depth_limit(chain):
+    """A chain deeper than the limit is cut, and the cut node says so."""
+    forest = zinit.dependency_tree(chain, "u0")
+    node, depth = forest[0], 0
+    while node["children"]:
+        node, depth = node["children"][0], depth + 1
+    assert depth == zinit._TREE_MAX_DEPTH and node.get("truncated") is True
