@@ -132,6 +132,10 @@ UNIT_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}"
 
 #: One JSON-RPC frame (a line) may not exceed this many bytes.
 MAX_FRAME_BYTES = 1 << 20
+#: Streams (logs.follow, events.subscribe) one connection, and the daemon, may have
+#: open: each queues up to a few thousand notifications for a client that lags.
+MAX_STREAMS_PER_CONNECTION = 16
+MAX_STREAMS = 256
 #: The daemon's log levels below INFO, as numbers: the CLI's path never imports logging.
 _LOG_DEBUG = 10  # logging.DEBUG
 _LOG_TRACE = 5
@@ -5694,21 +5698,19 @@ class Supervisor:
     def publish_log(self, unit: str, entries: list[tuple[float, str, str]]) -> None:
         if self.forwarder is not None:
             self.forwarder.write_lines([f"{unit} | {entry[2]}\n" for entry in entries])
+        messages: list[dict[str, Any]] = []  # built once, shared by every follower
         for queue, wanted in list(self._log_queues.items()):
             if wanted is None or wanted == unit:
-                for entry in entries:
-                    self._put(
-                        queue,
+                if not messages:
+                    messages = [
                         {
                             "method": "log",
-                            "params": {
-                                "time": entry[0],
-                                "unit": unit,
-                                "stream": entry[1],
-                                "line": entry[2],
-                            },
-                        },
-                    )
+                            "params": {"time": t, "unit": unit, "stream": stream, "line": line},
+                        }
+                        for t, stream, line in entries
+                    ]
+                for message in messages:
+                    self._put(queue, message)
 
     def _broadcast(self, queues: set[Any], message: dict[str, Any]) -> None:
         for queue in list(queues):
@@ -5727,6 +5729,10 @@ class Supervisor:
                 queue.put_nowait(message)
             except (gevent.queue.Empty, gevent.queue.Full):
                 pass
+
+    def streams_open(self) -> int:
+        """How many event and log streams are followed, daemon-wide."""
+        return len(self._event_queues) + len(self._log_queues)
 
     def subscribe_events(self) -> Any:
         import gevent.queue
@@ -7181,6 +7187,7 @@ class _Connection:
         self.sock = sock
         self._write_lock = gevent.lock.Semaphore()
         self.streams: list[Any] = []
+        self.streams_asked = 0  # streams opened by its requests, running or about to
 
     def send(self, message: dict[str, Any] | list[Any]) -> None:
         with self._write_lock:
@@ -7383,6 +7390,7 @@ class _RpcServer:
             _log().exception("rpc %s failed", method.name)
             return _error_reply(request_id, INTERNAL_ERROR, f"internal error: {error!r}"), None
         if isinstance(result, _Stream):
+            connection.streams_asked += 1
             return {"jsonrpc": "2.0", "id": request_id, "result": result.result}, result.follow
         return {"jsonrpc": "2.0", "id": request_id, "result": result}, None
 
@@ -7424,11 +7432,22 @@ class _RpcServer:
     ) -> Any:
         return self.supervisor.logs(name, lines)
 
+    def _may_open_stream(self, connection: _Connection) -> None:
+        """Refuse a stream over the limits: each one queues notifications for its client."""
+        if connection.streams_asked >= MAX_STREAMS_PER_CONNECTION:
+            raise UsageError(
+                f"this connection follows {connection.streams_asked} streams already "
+                f"(at most {MAX_STREAMS_PER_CONNECTION}); open another connection"
+            )
+        if self.supervisor.streams_open() >= MAX_STREAMS:
+            raise ZinitError(f"the daemon serves {MAX_STREAMS} streams already; try again later")
+
     def rpc_logs_follow(
         self, connection: _Connection, name: str | None = None, lines: int | None = None
     ) -> Any:
         if name is not None:
             self.supervisor.unit(name)
+        self._may_open_stream(connection)
 
         def follow() -> None:
             # Subscribe here, not in the handler: a client gone before this
@@ -7448,6 +7467,8 @@ class _RpcServer:
         return _Stream({"subscribed": "logs", "unit": name}, follow)
 
     def rpc_events_subscribe(self, connection: _Connection) -> Any:
+        self._may_open_stream(connection)
+
         def follow() -> None:
             queue = self.supervisor.subscribe_events()
             try:

@@ -256,6 +256,25 @@ def test_a_stream_opened_in_a_batch_delivers(wire, daemon):
     assert event["method"] == "event" and event["params"]["unit"] == "sleeper", event
 
 
+def test_streams_one_connection_may_open_are_bounded(wire, daemon):
+    """A batch asking for thousands of log streams gets a few and a clear refusal for the
+    rest, and the daemon serves the others meanwhile."""
+    limit = zinit.MAX_STREAMS_PER_CONNECTION
+    batch = [
+        {"jsonrpc": "2.0", "id": i, "method": "logs.follow", "params": {"lines": 0}}
+        for i in range(limit + 500)
+    ]
+    wire.send(json.dumps(batch))
+    replies = wire.read()
+    assert all("result" in reply for reply in replies[:limit]), replies[:limit]
+    refused = replies[limit:]
+    assert len(refused) == 500 and all(r["error"]["code"] == -32602 for r in refused)
+    assert f"at most {limit}" in refused[0]["error"]["message"], refused[0]
+    assert daemon.call("ping")["pong"] is True
+    daemon.cli("restart", "sleeper")
+    assert daemon.call("debug_state")["subscriptions"]["logs"] == limit
+
+
 @pytest.mark.parametrize(
     ("raw_id", "why"),
     [("1.5", "1.5 (a number with a fraction part)"), ('{"a": 1}', "{'a': 1} (an object)")],
