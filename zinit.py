@@ -136,6 +136,8 @@ MAX_FRAME_BYTES = 1 << 20
 #: open: each queues up to a few thousand notifications for a client that lags.
 MAX_STREAMS_PER_CONNECTION = 16
 MAX_STREAMS = 256
+#: Requests in one JSON-RPC batch: each may build a large reply, all sent at once.
+MAX_BATCH = 1000
 #: The daemon's log levels below INFO, as numbers: the CLI's path never imports logging.
 _LOG_DEBUG = 10  # logging.DEBUG
 _LOG_TRACE = 5
@@ -7340,7 +7342,13 @@ class _RpcServer:
         if isinstance(request, list):
             if not request:
                 return _error_reply(None, INVALID_REQUEST, "empty batch"), []
-            answers = [self._handle_request(item, connection) for item in request]
+            if len(request) > MAX_BATCH:
+                why = f"a batch of {len(request)} requests: at most {MAX_BATCH}"
+                return _error_reply(None, INVALID_REQUEST, why), []
+            answers = []
+            for item in request:
+                answers.append(self._handle_request(item, connection))
+                self.supervisor.runtime.gevent.sleep(0)  # the others' turn, as between frames
             replies = [reply for reply, _ in answers if reply is not None]
             return replies or None, [follow for _, follow in answers if follow is not None]
         reply, follow = self._handle_request(request, connection)

@@ -238,6 +238,19 @@ def test_batch_gets_an_array(wire):
     wire.ping()
 
 
+def test_a_batch_has_a_size_limit(wire):
+    """Up to MAX_BATCH requests are answered; one more and the batch is refused whole."""
+    ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+    wire.send(json.dumps([ping] * zinit.MAX_BATCH))
+    assert len(wire.read()) == zinit.MAX_BATCH
+    wire.send(json.dumps([ping] * (zinit.MAX_BATCH + 1)))
+    error = assert_error(wire.read(), -32600)
+    assert (
+        f"a batch of {zinit.MAX_BATCH + 1} requests: at most {zinit.MAX_BATCH}" in error["message"]
+    )
+    wire.ping()
+
+
 def test_batch_of_notifications_and_empty_batch(wire):
     """A batch of notifications only gets no reply; an empty batch is an invalid request."""
     wire.send(json.dumps([{"jsonrpc": "2.0", "method": "ping"}] * 3))
