@@ -130,6 +130,10 @@ __version__ = "0.1.0"
 #: compiled at import, they would cost every CLI call a few milliseconds.
 UNIT_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}"
 
+#: The longest timeout or delay a unit file may set (a day): a larger one is a typo.
+_MAX_DURATION_MS = 24 * 3600 * 1000
+#: The most lines a unit's log ring may keep (each line may take 64 KiB).
+_MAX_BUFFER_LINES = 1_000_000
 #: One JSON-RPC frame (a line) may not exceed this many bytes.
 MAX_FRAME_BYTES = 1 << 20
 #: Streams (logs.follow, events.subscribe) one connection, and the daemon, may have
@@ -635,8 +639,15 @@ class _UnitParser:
         return value
 
     def integer(
-        self, table: dict[str, Any], dotted: str, default: int | None, minimum: int = 0
+        self,
+        table: dict[str, Any],
+        dotted: str,
+        default: int | None,
+        minimum: int = 0,
+        maximum: int | None = None,
     ) -> int | None:
+        if maximum is None and dotted.endswith("_ms"):
+            maximum = _MAX_DURATION_MS
         value = table.get(dotted.split(".")[-1], default)
         if value is None:
             return None
@@ -645,6 +656,9 @@ class _UnitParser:
             return default
         if value < minimum:
             self.problem(dotted, f"expected an integer >= {minimum}, got {value}")
+            return default
+        if maximum is not None and value > maximum:
+            self.problem(dotted, f"expected an integer <= {maximum:_}, got {value}")
             return default
         return value
 
@@ -715,7 +729,7 @@ class _UnitParser:
             self.problem("health", "expected a table", at_key=True)
         logging_table = self.table(data, "logging")
         fields["buffer_lines"] = self.integer(
-            logging_table, "logging.buffer_lines", 1000, minimum=1
+            logging_table, "logging.buffer_lines", 1000, minimum=1, maximum=_MAX_BUFFER_LINES
         )
         self.check()
         return UnitConfig(**fields)

@@ -648,6 +648,21 @@ def test_a_file_nested_too_deeply_is_one_error_and_the_others_load(tmp_path):
     assert f"error: {tmp_path}/proxy.toml: TOML nested too deeply to read" in result.stdout
 
 
+def test_durations_and_buffers_have_an_upper_bound():
+    """A timeout past a day or a ring of a trillion lines is a typo, said as such."""
+    text = (
+        '[service]\nexec = "sleep 1"\n[lifecycle]\nstop_timeout_ms = 99999999999999999999\n'
+        "restart_delay_max_ms = 86400000\n[logging]\nbuffer_lines = 1000001\n"
+    )
+    with pytest.raises(zinit.ConfigError) as caught:
+        zinit.parse_unit_text(text, "web.toml", "web")
+    stop = "lifecycle.stop_timeout_ms: expected an integer <= 86_400_000"
+    assert [str(problem) for problem in caught.value.every()] == [
+        f"web.toml:4:19: {stop}, got 99999999999999999999",
+        "web.toml:7:16: logging.buffer_lines: expected an integer <= 1_000_000, got 1000001",
+    ]
+
+
 def test_every_problem_in_a_file_is_reported_once(tmp_path):
     """Independent mistakes are all found in one pass, in file order; a wrong value is not
     reported again as a missing one; a key in the wrong table says which table it belongs in."""
