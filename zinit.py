@@ -7768,6 +7768,27 @@ def server_main(argv: list[str] | None = None) -> int:
         writer.close()
 
 
+def _lock_config_dirs(directories: list[tuple[str, str | None]]) -> None:
+    """Hold a lock on each config directory for the daemon's life (the fds stay open,
+    closed on exec): a second daemon on the same directory would run every unit twice."""
+    import fcntl
+
+    for directory, _ in directories:
+        try:
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue  # no such directory: no units to run twice
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ZinitError(
+                f"another zinit daemon supervises the units of {directory} already"
+            ) from None
+        except OSError:
+            os.close(fd)  # a file system without locks: nothing to hold
+
+
 def _pyz_python_version(archive: str) -> str | None:
     """The Python version a .pyz's C extensions were built for ("3.11"), if it tells."""
     import zipfile
@@ -7821,6 +7842,13 @@ def _serve(
         server.listen()
     except (ZinitError, OSError) as error:
         print(f"zinit-server: {error}", file=sys.stderr)
+        supervisor.cgroups.close()
+        return 1
+    try:
+        _lock_config_dirs(directories)
+    except ZinitError as error:
+        print(f"zinit-server: {error}", file=sys.stderr)
+        server.close()
         supervisor.cgroups.close()
         return 1
 

@@ -429,6 +429,23 @@ def test_second_daemon_on_same_socket_refuses(daemon):
     assert stat.S_ISSOCK(os.stat(daemon.socket).st_mode)
 
 
+def test_second_daemon_on_the_same_config_dir_refuses(daemon, tmp_path):
+    """Another socket, the same directory: it would run every unit twice, so it refuses,
+    removes its socket, and the first keeps its units alone."""
+    daemon.service("only", "sleep 1000")
+    daemon.start()
+    pid = daemon.wait_state("only", "Running")["pid"]
+    other = str(tmp_path / "other.sock")
+    second = subprocess.run(
+        [PYTHON, ZINIT_PY, "server", "--config-dir", str(daemon.config_dir), "--socket", other],
+        check=False, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert second.returncode == 1, second
+    assert f"supervises the units of {daemon.config_dir} already" in second.stderr, second
+    assert not os.path.exists(other)
+    assert daemon.status("only")["pid"] == pid
+
+
 def test_socket_path_that_is_not_a_socket_is_not_replaced(daemon):
     """A regular file at the socket path is left alone: the daemon refuses to start."""
     with open(daemon.socket, "w") as stream:
