@@ -134,6 +134,8 @@ UNIT_NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}"
 _MAX_DURATION_MS = 24 * 3600 * 1000
 #: The most lines a unit's log ring may keep (each line may take 64 KiB).
 _MAX_BUFFER_LINES = 1_000_000
+#: A unit or proxy file is read up to this size (larger is an error, not a long parse).
+MAX_UNIT_FILE_BYTES = 256 * 1024
 #: One JSON-RPC frame (a line) may not exceed this many bytes.
 MAX_FRAME_BYTES = 1 << 20
 #: Streams (logs.follow, events.subscribe) one connection, and the daemon, may have
@@ -751,9 +753,16 @@ class _UnitParser:
         ):
             self.problem("service.env", 'expected a table of NAME = "value"')
             env = {}
-        for key in env:
+        for key, value in env.items():
             if not key or "=" in key or "\0" in key:
                 self.problem("service.env", f"{key!r} is not an environment variable name")
+            elif isinstance(value, str) and "\0" in value:
+                self.problem("service.env", f"the value of {key} holds a NUL character")
+        for key in ("exec", "dir", "user", "group"):
+            if "\0" in str(head.get(key, "")):
+                self.problem(
+                    f"service.{key}", "holds a NUL character (no command, path or name can)"
+                )
         return {
             "exec": command,
             "dir": self.string(head, "service.dir"),
@@ -1055,9 +1064,11 @@ def load_unit_file(path: str, *, unit_class: str | None = None) -> UnitConfig | 
     name = os.path.basename(path).removesuffix(".toml")
     try:
         with open(path, "rb") as stream:
-            raw = stream.read()
+            raw = stream.read(MAX_UNIT_FILE_BYTES + 1)
     except OSError as error:
         raise ConfigError(path, f"cannot read ({error.strerror})") from None
+    if len(raw) > MAX_UNIT_FILE_BYTES:
+        raise ConfigError(path, f"larger than {MAX_UNIT_FILE_BYTES // 1024} KiB: not a unit file")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -1109,7 +1120,10 @@ def load_config_dirs(
                 # Hidden entries are editors' (emacs locks are dangling links);
                 # anything else is a unit that will not load, so say why.
                 if not entry.startswith("."):
-                    why = "a link to nothing" if os.path.islink(path) else "not a regular file"
+                    why = "not a regular file"
+                    if os.path.islink(path):
+                        what = "something that is not a regular file"
+                        why = "a link to " + (what if os.path.exists(path) else "nothing")
                     errors.setdefault(name, ConfigError(path, f"{why}: no unit loaded from it"))
                 continue
             earlier = (
@@ -6165,6 +6179,8 @@ class Supervisor:
             raise UsageError(
                 f"the unit's text is not valid Unicode (character {error.start + 1})"
             ) from None
+        if len(data) > MAX_UNIT_FILE_BYTES:
+            raise UsageError(f"the unit's text is larger than {MAX_UNIT_FILE_BYTES // 1024} KiB")
         with self._config_lock:
             path = os.path.join(self.write_dir, f"{name}.toml")
             if name in self.units or name in self.broken or os.path.exists(path):

@@ -663,6 +663,17 @@ def test_durations_and_buffers_have_an_upper_bound():
     ]
 
 
+def test_a_nul_character_is_an_error_where_no_command_path_or_name_can_hold_one():
+    text = '[service]\nexec = "sleep\\u0000 1"\ndir = "/tmp\\u0000"\nenv = { A = "x\\u0000" }\n'
+    with pytest.raises(zinit.ConfigError) as caught:
+        zinit.parse_unit_text(text, "web.toml", "web")
+    assert [f"{p.key}: {p.reason}" for p in caught.value.every()] == [
+        "service.exec: holds a NUL character (no command, path or name can)",
+        "service.dir: holds a NUL character (no command, path or name can)",
+        "service.env: the value of A holds a NUL character",
+    ]
+
+
 def test_every_problem_in_a_file_is_reported_once(tmp_path):
     """Independent mistakes are all found in one pass, in file order; a wrong value is not
     reported again as a missing one; a key in the wrong table says which table it belongs in."""
@@ -762,12 +773,17 @@ def test_validate_names_toml_entries_that_are_no_files(tmp_path):
     (tmp_path / "gone.toml").symlink_to(tmp_path / "nowhere.toml")
     (tmp_path / "dir.toml").mkdir()
     (tmp_path / ".#ok.toml").symlink_to("root@host.1234:0")  # how emacs marks a file it edits
+    (tmp_path / "device.toml").symlink_to("/dev/zero")
+    (tmp_path / "huge.toml").write_text('[service]\nexec = "sleep 1"\n' + "#" * 300_000 + "\n")
     result = _validate(tmp_path)
     assert result.returncode == 1, result
+    device = "a link to something that is not a regular file: no unit loaded from it"
     assert result.stdout.splitlines() == [
+        f"error: {tmp_path}/device.toml: {device}",
         f"error: {tmp_path}/dir.toml: not a regular file: no unit loaded from it",
         f"error: {tmp_path}/gone.toml: a link to nothing: no unit loaded from it",
-        f"{tmp_path}: 1 unit(s), 2 error(s)",
+        f"error: {tmp_path}/huge.toml: larger than 256 KiB: not a unit file",
+        f"{tmp_path}: 1 unit(s), 4 error(s)",
     ]
 
 
