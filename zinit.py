@@ -72,24 +72,26 @@ import types
 
 
 class _ModuleOnFirstUse(types.ModuleType):
-    """Stands in ``sys.modules`` for a module until one of its attributes is read.
-
-    (importlib's LazyLoader cannot serve: an ``import`` statement reads the
-    module's ``__spec__``, and that already makes it load.)
-    """
+    """Stands for a module that is imported (for real) when one of its attributes is read."""
 
     def __getattr__(self, attribute: str) -> Any:
-        sys.modules.pop(self.__name__, None)
-        module = __import__(self.__name__)
+        module = __import__(self.__name__)  # sys.modules holds the real one, if loaded
         self.__dict__.update(vars(module))
         return getattr(module, attribute)
 
 
-# dataclasses imports inspect (with ast, dis and tokenize: about 7 ms of every
-# CLI start and 1 MiB of the daemon) only to write a signature into the
-# docstring of a class that has none.  Every dataclass here has one.
-sys.modules.setdefault("inspect", _ModuleOnFirstUse("inspect"))
-import dataclasses
+# dataclasses imports inspect (with ast, dis and tokenize: about 7 ms of every CLI
+# start) only to write a signature into the docstring of a class that has none, and
+# every dataclass here has one.  So while dataclasses is imported, and only then, a
+# stand-in takes inspect's place; whoever imports inspect later gets the real one.
+if "dataclasses" in sys.modules or "inspect" in sys.modules:
+    import dataclasses
+else:
+    sys.modules["inspect"] = _ModuleOnFirstUse("inspect")
+    try:
+        import dataclasses
+    finally:
+        del sys.modules["inspect"]
 
 # typing costs the CLI a few milliseconds at every start, and annotations are
 # never evaluated here (PEP 563), so its names are imported for checkers only.
@@ -1148,18 +1150,24 @@ def load_config_dirs(
 
 
 def _declares_proxy(path: str) -> bool:
-    """Whether a file that did not load holds an ``[xinet]`` table: a proxy's, not a unit's."""
+    """Whether a file that did not load is a proxy's: an ``[xinet]`` table and no
+    ``[service]`` or ``[target]`` (a unit file with a stray table stays a unit's)."""
     import tomllib
 
     try:
         with open(path, "rb") as stream:
-            text = stream.read().decode("utf-8", "replace")
+            raw = stream.read(MAX_UNIT_FILE_BYTES + 1)
     except OSError:
         return False
+    if len(raw) > MAX_UNIT_FILE_BYTES:
+        return False  # refused for its size before anything else
+    text = raw.decode("utf-8", "replace")
     try:
-        return "xinet" in tomllib.loads(text)
+        tables = set(tomllib.loads(text))
     except (tomllib.TOMLDecodeError, RecursionError):
-        return re.search(r"^\s*\[\s*xinet\s*\]", text, re.MULTILINE) is not None
+        found = re.findall(r"^\s*\[\s*(xinet|service|target)\s*\]", text, re.MULTILINE)
+        tables = set(found)
+    return "xinet" in tables and not tables & {"service", "target"}
 
 
 # ==== 6. Graph ===============================================================
@@ -2303,20 +2311,21 @@ def _stays_up(
     if unit["state"] != "Running" or unit.get("oneshot") or unit.get("health") is not None:
         return True
     end = time.monotonic() + settle_s - (unit.get("uptime_s") or 0.0)
-    try:
-        while (left := end - time.monotonic()) > 0:
-            client._sock.settimeout(left)
+    while (left := end - time.monotonic()) > 0:
+        client._sock.settimeout(left)
+        try:
             message = next(client.notifications(), None)
-            if message is None:  # the daemon went away: it was up while it could tell
-                break
-            show(message)
-            event = message.get("params", {})
-            if message.get("method") == "event" and event.get("unit") == name:
-                now = client.call("status", {"name": name}, on_notification=show)
-                if now["state"] != "Running" or now["pid"] != unit["pid"]:
-                    return False
-    except TimeoutError:
-        pass
+        except TimeoutError:  # the window passed quietly (the reader is spent: done with it)
+            return True
+        if message is None:  # the daemon went away: it was up while it could tell
+            return True
+        show(message)
+        event = message.get("params", {})
+        if message.get("method") == "event" and event.get("unit") == name:
+            client._sock.settimeout(None)  # an answer, however slow, decides it
+            now = client.call("status", {"name": name}, on_notification=show)
+            if now["state"] != "Running" or now["pid"] != unit["pid"]:
+                return False
     return True
 
 
@@ -2516,7 +2525,10 @@ def _cmd_delete_all(args: argparse.Namespace, out: _Output) -> int:
             rows = client.call("list")
         names = sorted(row["name"] for row in rows if row.get("class") == "user")
         if not names:
-            out.line("deleted: -")
+            if out.as_json:
+                out.json({"deleted": []})
+            else:
+                out.line("deleted: -")
             return 0
         print(
             f"delete-all stops {len(names)} unit(s) and deletes their files: "
@@ -2649,7 +2661,7 @@ def _cmd_validate(args: argparse.Namespace, out: _Output) -> int:
 
 def validate_directory(
     directory: str,
-) -> tuple[list[ConfigError], list[ConfigError], dict[str, UnitConfig]]:
+) -> tuple[list[tuple[str, ConfigError]], list[tuple[str, ConfigError]], dict[str, UnitConfig]]:
     """Return (errors, warnings, units) for a config directory, without a daemon.
 
     Errors and warnings come one problem each, with the name of the unit (or
@@ -5395,6 +5407,7 @@ class Service:
                 # Stopped with what it required (or by hand), its work counts as undone:
                 # the next start that pulls it in runs it again, as a restart would.
                 self.succeeded = False
+                self.stopped_by_request = True  # done no more: `check` counts it as stopped
                 self._set_state(State.EXITED, message.reason)
                 self._release_stop_waiters()
             case _:
@@ -5622,8 +5635,8 @@ class Supervisor:
         self.broken: dict[str, ConfigError] = {}
         #: Proxies declared in the config directories, as last loaded (section 17 runs them).
         self.proxy_configs: dict[str, XinetConfig] = {}
-        #: Every file error of the last load, by unit or proxy name.
-        self.proxy_errors: dict[str, ConfigError] = {}  # proxy files that did not load
+        #: The errors of proxy files (those of unit files are in ``broken``).
+        self.proxy_errors: dict[str, ConfigError] = {}
         self.cycles: dict[str, str] = {}
         self.dependents: dict[str, set[str]] = {}
         self.conflicts: dict[str, set[str]] = {}
@@ -5759,10 +5772,6 @@ class Supervisor:
                 queue.put_nowait(message)
             except (gevent.queue.Empty, gevent.queue.Full):
                 pass
-
-    def streams_open(self) -> int:
-        """How many event and log streams are followed, daemon-wide."""
-        return len(self._event_queues) + len(self._log_queues)
 
     def subscribe_events(self) -> Any:
         import gevent.queue
@@ -6290,6 +6299,10 @@ class Supervisor:
         """Re-read the config directories and apply only the difference (SPEC 11)."""
         with self._config_lock:
             new, self.proxy_configs, errors, self.proxy_errors = load_config_dirs(self.directories)
+            for name in [n for n in self.proxy_errors if n in self.configs]:
+                # A unit's file rewritten as a proxy's, with an error: the unit keeps
+                # its old config, as for any broken file (SPEC 11).
+                errors[name] = self.proxy_errors.pop(name)
             old = dict(self.configs)
             added = sorted(n for n in new if n not in old)
             removed = sorted(n for n in old if n not in new and n not in errors)
@@ -6488,7 +6501,7 @@ def _declared_name(text: str) -> str:
 
     try:
         data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError:
+    except (tomllib.TOMLDecodeError, RecursionError):
         parse_unit_text(text, "<add-service>", "unnamed")  # raises with line and column
         raise
     for kind in ("service", "target", "xinet"):
@@ -7131,8 +7144,16 @@ class _Xinet:
     def delete(self, name: str) -> str | None:
         """Close a proxy; one declared in a file loses its file too (as remove-service does).
 
-        Returns the path of the deleted file, if any.
+        Returns the path of the deleted file, if any.  A proxy file with an error
+        that never loaded is deleted too (the way to be rid of it from the CLI).
         """
+        if name not in self.proxies and name in self.supervisor.proxy_errors:
+            path = self.supervisor.proxy_errors.pop(name).path
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            return path
         self.get(name)
         proxy = self.proxies.pop(name)
         proxy.close()
@@ -7253,6 +7274,7 @@ class _RpcServer:
         self.group = group
         self.acceptor: _Acceptor | None = None
         self.connections: set[Any] = set()  # the greenlets serving a client
+        self.clients: set[_Connection] = set()  # and what they serve
         self.on_shutdown: Callable[[str], None] | None = None
         self.handlers = {method.name: getattr(self, method.handler_name) for method in _METHODS}
 
@@ -7321,6 +7343,7 @@ class _RpcServer:
 
     def _serve(self, sock: Any) -> None:
         connection = _Connection(sock)
+        self.clients.add(connection)
         reader = sock.makefile("rb")
         try:
             while True:
@@ -7354,6 +7377,7 @@ class _RpcServer:
         except OSError:
             pass
         finally:
+            self.clients.discard(connection)
             for stream in connection.streams:
                 stream.kill(block=False)
             reader.close()
@@ -7473,12 +7497,15 @@ class _RpcServer:
     def _may_open_stream(self, connection: _Connection) -> None:
         """Refuse a stream over the limits: each one queues notifications for its client."""
         if connection.streams_asked >= MAX_STREAMS_PER_CONNECTION:
-            raise UsageError(
+            raise UnitStateError(
                 f"this connection follows {connection.streams_asked} streams already "
                 f"(at most {MAX_STREAMS_PER_CONNECTION}); open another connection"
             )
-        if self.supervisor.streams_open() >= MAX_STREAMS:
-            raise ZinitError(f"the daemon serves {MAX_STREAMS} streams already; try again later")
+        # Counted as asked for, not as subscribed: subscribing waits for the reply.
+        if sum(client.streams_asked for client in self.clients) >= MAX_STREAMS:
+            raise UnitStateError(
+                f"the daemon serves {MAX_STREAMS} streams already; try again later"
+            )
 
     def rpc_logs_follow(
         self, connection: _Connection, name: str | None = None, lines: int | None = None
@@ -7789,11 +7816,17 @@ def _lock_config_dirs(directories: list[tuple[str, str | None]]) -> None:
     closed on exec): a second daemon on the same directory would run every unit twice."""
     import fcntl
 
+    held: set[tuple[int, int]] = set()  # two opens of one directory would lock each other out
     for directory, _ in directories:
         try:
             fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             continue  # no such directory: no units to run twice
+        identity = (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
+        if identity in held:
+            os.close(fd)
+            continue
+        held.add(identity)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -651,9 +651,9 @@ def status_beside_a_pipelining_client(results: Results, daemon: Zinit, seconds: 
     finally:
         stop.set()
         threads[1].join()
-        hog.shutdown(socket.SHUT_RDWR)
-        hog.close()
+        hog.shutdown(socket.SHUT_RDWR)  # the drain's recv then reads the end
         threads[0].join()
+        hog.close()
     results.add(
         "status beside a pipelining client, median", "ms", "zinit", statistics.median(latencies)
     )

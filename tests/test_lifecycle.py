@@ -424,7 +424,9 @@ def test_without_cgroups_a_stop_still_signals_a_setsid_descendant(daemon, tmp_pa
     daemon.start(env={"ZINIT_CGROUP_ROOT": "/proc/zinit-no-cgroup-here"})
     daemon.wait_state("escaper", "Running")
     wait_until(
-        lambda: any(p.info["cmdline"][-1:] == [escaped] for p in psutil.process_iter(["cmdline"])),
+        lambda: any(
+            (p.info["cmdline"] or [])[-1:] == [escaped] for p in psutil.process_iter(["cmdline"])
+        ),
         what="the setsid descendant",
     )
     result = daemon.cli("stop", "escaper")

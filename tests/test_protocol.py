@@ -281,11 +281,22 @@ def test_streams_one_connection_may_open_are_bounded(wire, daemon):
     replies = wire.read()
     assert all("result" in reply for reply in replies[:limit]), replies[:limit]
     refused = replies[limit:]
-    assert len(refused) == 500 and all(r["error"]["code"] == -32602 for r in refused)
+    assert len(refused) == 500 and all(r["error"]["code"] == -32001 for r in refused)
     assert f"at most {limit}" in refused[0]["error"]["message"], refused[0]
     assert daemon.call("ping")["pong"] is True
-    daemon.cli("restart", "sleeper")
     assert daemon.call("debug_state")["subscriptions"]["logs"] == limit
+    # Daemon-wide, streams asked for count, whether or not their greenlets ran yet.
+    others = [Wire(daemon.socket) for _ in range(zinit.MAX_STREAMS // limit)]
+    try:
+        for other in others:
+            other.send(json.dumps(batch[:limit]))
+        answers = [reply for other in others for reply in other.read()]
+        granted = [reply for reply in answers if "result" in reply]
+        assert len(granted) == zinit.MAX_STREAMS - limit, answers
+        assert f"serves {zinit.MAX_STREAMS} streams already" in answers[-1]["error"]["message"]
+    finally:
+        for other in others:
+            other.close()
 
 
 @pytest.mark.parametrize(
@@ -370,6 +381,15 @@ def test_strings_that_are_no_valid_unicode_are_answered_escaped(wire, daemon):
     error = assert_error(wire.read(), -32602, 1)
     assert "not valid Unicode" in error["message"], error
     assert [p.name for p in daemon.config_dir.iterdir() if p.name.startswith("sur")] == []
+    wire.ping()
+
+
+def test_add_service_of_toml_nested_too_deeply_is_a_config_error(wire):
+    deep = '[service]\nexec = "sleep 1"\nx = ' + "[" * 3000 + "]" * 3000 + "\n"
+    for params in ({"toml": deep}, {"toml": deep, "name": "deep"}):
+        wire.request("add_service", params, request_id=5)
+        error = assert_error(wire.read(), -32002, 5)
+        assert "TOML nested too deeply to read" in error["message"], error
     wire.ping()
 
 

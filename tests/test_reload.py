@@ -163,6 +163,26 @@ def test_broken_file_keeps_the_old_config(daemon):
     assert daemon.wait_state("web", "Running")["warnings"] == []
 
 
+def test_a_unit_file_given_a_stray_xinet_table_keeps_its_unit(daemon):
+    """A unit's file with an [xinet] table added stays a broken unit file (kept on its old
+    config), not a broken proxy file whose unit would be removed."""
+    path = daemon.service("web", "sleep 1000", lifecycle=QUICK)
+    daemon.start()
+    pid = daemon.wait_state("web", "Running")["pid"]
+    path.write_text(path.read_text() + '[xinet]\nlisten = "127.0.0.1:1"\n')
+    reply = json.loads(daemon.cli("--json", "reload").stdout)
+    assert reply["removed"] == [] and [e["unit"] for e in reply["errors"]] == ["web"], reply
+    assert reply["xinet"]["errors"] == [], reply
+    web = daemon.status("web")
+    assert (web["state"], web["pid"]) == ("Running", pid), web
+    assert any(w.startswith("config file has an error") for w in web["warnings"]), web
+    # Rewritten as a proxy's file with an error, it keeps the unit too (SPEC 11).
+    path.write_text('[xinet]\nlisten = "127.0.0.1:1"\n')
+    reply = daemon.call("reload")
+    assert reply["removed"] == [] and [e["unit"] for e in reply["errors"]] == ["web"], reply
+    assert daemon.status("web")["pid"] == pid
+
+
 def test_issue_2_broken_file_on_reload_shows_in_the_list_table(daemon):
     """SPEC 3: a file's error shows in `zinit list`, also for a unit kept on its old config."""
     daemon.service("web", "sleep 1000", lifecycle=QUICK)

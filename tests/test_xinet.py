@@ -877,9 +877,11 @@ def test_broken_proxy_file_keeps_the_old_proxy_on_reload(daemon):
     problems = daemon.cli("validate", str(daemon.config_dir)).stdout
     assert "px2.toml:1:2: xinet.service: required: the unit to start\n" in problems
     assert "px2.toml:2:10: xinet.listen: expected an address or a list of them, got 5" in problems
+    deleted = daemon.cli("xinet", "delete", "px2")  # the way to be rid of it from the CLI
+    assert deleted.returncode == 0, deleted
+    assert not (daemon.config_dir / "px2.toml").exists()
 
     path.write_text(text + "connect_timeout = 20\n")  # fixed
-    (daemon.config_dir / "px2.toml").unlink()
     reply = daemon.call("reload")
     assert reply["xinet"]["unchanged"] == ["px"] and reply["removed"] == [], reply
     assert reply["xinet"]["errors"] == [], reply
