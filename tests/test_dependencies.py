@@ -186,10 +186,9 @@ def test_restart_restarts_the_units_that_require_it(daemon):
     assert after["other"] == before["other"]
 
 
-def test_a_finished_oneshot_runs_again_when_what_it_requires_comes_back(daemon, tmp_path):
-    """A migration oneshot re-runs when its database comes back (by stop and start, or by
-    restart), before the app that needs it; pulled in while its database stayed up, it
-    stays done."""
+def migration_stack(daemon, tmp_path):
+    """db; mig, a oneshot that requires db and notes each run in a file; app, which requires
+    mig.  Starts the daemon; returns the file of mig's runs."""
     runs = tmp_path / "runs"
     daemon.service("db", "sleep 1000", lifecycle=QUICK)
     daemon.service(
@@ -200,6 +199,14 @@ def test_a_finished_oneshot_runs_again_when_what_it_requires_comes_back(daemon, 
     )
     daemon.service("app", "sleep 1000", lifecycle=QUICK, dependencies='requires = ["mig"]\n')
     daemon.start()
+    return runs
+
+
+def test_a_finished_oneshot_runs_again_when_what_it_requires_comes_back(daemon, tmp_path):
+    """A migration oneshot that was undone by its database's stop runs again, before the
+    app that needs it, when the app starts again (or at once on restart db); pulled in
+    while its database stayed up, it stays done."""
+    runs = migration_stack(daemon, tmp_path)
     app_pid = daemon.wait_state("app", "Running")["pid"]
     assert daemon.status("mig")["state"] == "Exited"
     assert daemon.cli("stop", "app").returncode == 0
@@ -234,16 +241,7 @@ def test_a_finished_oneshot_runs_again_when_what_it_requires_comes_back(daemon, 
 
 
 def test_a_finished_oneshot_runs_again_when_its_removed_requirement_is_added_back(daemon, tmp_path):
-    runs = tmp_path / "runs"
-    daemon.service("db", "sleep 1000", lifecycle=QUICK)
-    daemon.service(
-        "mig",
-        f"sh -c 'echo run >> {runs}'",
-        service="oneshot = true\n",
-        dependencies='requires = ["db"]\n',
-    )
-    daemon.service("app", "sleep 1000", lifecycle=QUICK, dependencies='requires = ["mig"]\n')
-    daemon.start()
+    runs = migration_stack(daemon, tmp_path)
     daemon.wait_state("app", "Running")
     assert daemon.cli("remove-service", "db").returncode == 0
     reason_of(daemon, "mig", "requires 'db', which is not defined")
