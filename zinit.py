@@ -2436,6 +2436,11 @@ def _cmd_reload(args: argparse.Namespace, out: _Output) -> int:
         return 1 if failed else 0
     for key in ("added", "removed", "changed", "unchanged"):
         out.line(f"{key}: {', '.join(result[key]) or '-'}")
+    if result.get("stopped"):  # an older daemon does not say
+        out.line(
+            f"stopped, as they require a removed unit: {', '.join(result['stopped'])} "
+            "(they start again once it is back)"
+        )
     for error in result["errors"]:
         for problem in [error, *error.get("also", [])]:
             print(f"zinit: reload: {problem['message']}", file=sys.stderr)
@@ -2499,7 +2504,7 @@ def _cmd_remove_service(args: argparse.Namespace, out: _Output) -> int:
         if result.get("stopped"):  # an older daemon does not say
             out.line(
                 f"stopped with it, as they require it: {', '.join(result['stopped'])} "
-                f"(wanted ones wait, Blocked, for {result['name']!r} to be back)"
+                "(they start again once it is back)"
             )
     return 0
 
@@ -5072,7 +5077,8 @@ class Service:
             status=self.config.status,
             restarts=self.restarts,
             exit_code=self.exit_code,
-            health=self.health,
+            # null means "no [health] table"; with one, "unknown" until a result comes.
+            health=None if self.config.health is None else (self.health or "unknown"),
             uptime_s=round(now - self.running_since, 3) if self.running_since is not None else None,
             reason=self.reason,
             oneshot=self.config.oneshot,
@@ -5457,7 +5463,8 @@ class Service:
         # the SIGKILL when the stop's time is up.
         kill_at = self._deadline if self._stop_purpose is not None else None
         self.exit_code = code
-        self.health = None  # health describes a running process only
+        if self.health != "unhealthy":  # kept, to say why it was stopped, until it runs again
+            self.health = None  # the status says "unknown": no process is checked now
         self._stop_probes()
         self._set_deadline(None, lambda: None)
         self.process = None
@@ -6311,11 +6318,13 @@ class Supervisor:
             gone = sorted(removed + vanished)
             changed = sorted(n for n in new if n in old and new[n] != old[n])
             unchanged = sorted(n for n in new if n in old and new[n] == old[n])
-            restarting = [n for n in changed if self.units[n].is_active()]
+            # A finished oneshot counts as running: changed, it runs again (a new migration).
+            restarting = [n for n in changed if self.units[n].is_active() or self.units[n].is_up()]
             dependents = self._requirers(restarting, lambda u: u.is_active() or u.is_up(), old)
             # Units that need a removed one stop with it, but stay wanted: Blocked
             # until it comes back (SPEC 5, "requires an undefined unit").
             orphaned = self._requirers(removed, Service.is_active, old)
+            stopped = self._requirers(removed, lambda u: u.is_active() or u.is_up(), old)
             stops = self._stop_counts(dependents + orphaned)
             if removed:
                 self.stop_units(set(removed), "removed from the config directory")
@@ -6364,6 +6373,7 @@ class Supervisor:
             "removed": gone,
             "changed": changed,
             "unchanged": unchanged,
+            "stopped": stopped,  # with the removed units, as they require one
             "errors": [{"unit": n, **e.to_dict()} for n, e in sorted(errors.items())]
             + self._cycle_errors(),
         }

@@ -240,6 +240,24 @@ def test_a_finished_oneshot_runs_again_when_what_it_requires_comes_back(daemon, 
     assert mig_runs[1] < app_starts[2] and mig_runs[2] < app_starts[3], events
 
 
+def test_a_changed_finished_oneshot_runs_again_on_reload(daemon, tmp_path):
+    """SPEC 11: a changed unit restarts with its new config; for a finished oneshot (a
+    migration with a new step) that is a new run, and what requires it restarts after."""
+    runs = migration_stack(daemon, tmp_path)
+    app_pid = daemon.wait_state("app", "Running")["pid"]
+    daemon.service(
+        "mig",
+        f"sh -c 'echo run v2 >> {runs}'",
+        service="oneshot = true\n",
+        dependencies='requires = ["db"]\n',
+    )
+    reply = daemon.call("reload")
+    assert reply["changed"] == ["mig"], reply
+    wait_until(lambda: runs.read_text() == "run\nrun v2\n", what="mig's run with its new step")
+    assert daemon.wait_state("app", "Running")["pid"] != app_pid
+    assert daemon.status("mig")["state"] == "Exited"
+
+
 def test_a_finished_oneshot_runs_again_when_its_removed_requirement_is_added_back(daemon, tmp_path):
     runs = migration_stack(daemon, tmp_path)
     daemon.wait_state("app", "Running")
@@ -504,7 +522,7 @@ def test_removed_requirement_blocks_its_dependents_until_it_returns(daemon):
     removed = daemon.cli("remove-service", "db")
     assert removed.returncode == 0, removed.stderr
     assert removed.stdout.splitlines()[1:] == [
-        "stopped with it, as they require it: web (wanted ones wait, Blocked, for 'db' to be back)"
+        "stopped with it, as they require it: web (they start again once it is back)"
     ], removed.stdout
     web = reason_of(daemon, "web", "requires 'db', which is not defined")
     assert web["state"] == "Blocked" and not pid_alive(web_pid)
@@ -517,7 +535,12 @@ def test_removed_requirement_blocks_its_dependents_until_it_returns(daemon):
     daemon.wait_state("db", "Running")
 
     (daemon.config_dir / "db.toml").unlink()
-    assert daemon.cli("reload").returncode == 0
+    reloaded = daemon.cli("reload")
+    assert reloaded.returncode == 0, reloaded.stderr
+    assert (
+        "stopped, as they require a removed unit: web (they start again once it is back)"
+        in reloaded.stdout.splitlines()
+    ), reloaded.stdout
     web = reason_of(daemon, "web", "requires 'db', which is not defined")
     assert web["state"] == "Blocked" and not pid_alive(web_pid)
     daemon.write("db", db_text.replace("[lifecycle]", 'status = "stop"\n[lifecycle]'))

@@ -199,6 +199,33 @@ def test_a_check_failing_fewer_than_retries_times_shows_as_failing(daemon, tmp_p
     assert (unit["state"], unit["pid"], unit["restarts"]) == ("Running", pid, 0), unit
 
 
+def test_health_is_unknown_before_a_result_and_unhealthy_while_a_restart_waits(daemon, tmp_path):
+    """null means no [health] table: a unit with one says unknown before any result, and
+    unhealthy while it waits to restart for having failed its checks."""
+    marker = tmp_path / "healthy"
+    marker.write_text("ok")
+    check = f'type = "exec"\ncommand = "test -f {marker}"\ninterval_ms = 100\nretries = 1\n'
+    daemon.service(
+        "svc",
+        "sleep 1000",
+        lifecycle='restart = "always"\nrestart_delay_ms = 60000\n' + FAST_STOP,
+        health=check,
+    )
+    daemon.service("later", "sleep 1000", service='status = "stop"\n', health=check)
+    daemon.service("plain", "sleep 1000")
+    daemon.start()
+    daemon.wait_state("svc", "Running", timeout=30)
+    assert daemon.status("later")["health"] == "unknown"
+    assert daemon.wait_state("plain", "Running")["health"] is None
+    marker.unlink()
+    waiting = wait_until(
+        lambda: (u := daemon.status("svc"))["next_restart_s"] is not None and u,
+        timeout=30,
+        what="svc to wait for its restart",
+    )
+    assert waiting["health"] == "unhealthy", waiting
+
+
 def test_http_check_failing_later_restarts_the_service(daemon, tmp_path):
     port = free_port()
     page = tmp_path / "health"

@@ -71,6 +71,7 @@ def test_reload_through_the_cli(daemon):
         "removed": ["drop"],
         "changed": ["change"],
         "unchanged": ["keep"],
+        "stopped": [],
         "errors": [],
         "xinet": NO_PROXY_CHANGES,
     }
@@ -115,6 +116,7 @@ def test_reload_with_nothing_changed_touches_nothing(daemon):
         "removed": [],
         "changed": [],
         "unchanged": ["a", "b"],
+        "stopped": [],
         "errors": [],
         "xinet": NO_PROXY_CHANGES,
     }
