@@ -4207,11 +4207,14 @@ class _SpawnError(Exception):
 
     ``transient`` when the daemon lacked a resource (file descriptors, memory,
     processes): trying again later may work, so the restart policy applies.
+    ``status`` is what a shell would have exited with: 127 for a program not
+    found, 126 for one that cannot be run, else 1.
     """
 
-    def __init__(self, message: str, *, transient: bool = False) -> None:
+    def __init__(self, message: str, *, transient: bool = False, status: int = 1) -> None:
         super().__init__(message)
         self.transient = transient
+        self.status = status
 
 
 def _short_of_resources(error: OSError) -> _SpawnError | None:
@@ -4613,17 +4616,19 @@ def _spawn_service(
         if config.dir is not None and error.filename == config.dir:
             raise _SpawnError(f"working directory {config.dir!r} does not exist") from None
         where = "" if "/" in argv[0] else " on PATH"
-        raise _SpawnError(f"executable {argv[0]!r} not found{where}") from None
+        raise _SpawnError(f"executable {argv[0]!r} not found{where}", status=127) from None
     except PermissionError:
         for fd in (out_read, err_read):
             os.close(fd)
-        raise _SpawnError(f"permission denied running {argv[0]!r}") from None
+        raise _SpawnError(f"permission denied running {argv[0]!r}", status=126) from None
     except OSError as error:
         for fd in (out_read, err_read):
             os.close(fd)
         if (short := _short_of_resources(error)) is not None:
             raise short from None
-        raise _SpawnError(f"cannot run {argv[0]!r}: {error.strerror or error}") from None
+        raise _SpawnError(
+            f"cannot run {argv[0]!r}: {error.strerror or error}", status=126
+        ) from None
     except (ValueError, TypeError) as error:  # e.g. a NUL byte in the command line
         for fd in (out_read, err_read):
             os.close(fd)
@@ -4976,6 +4981,7 @@ class Service:
         self._start_after_stop = False
         self._starts_pending = 0  # _Start messages posted and not yet handled
         self.spawn_error: str | None = None  # why the last spawn failed
+        self.spawn_status = 1  # and what a shell would have exited with then (126, 127)
         self.start_error: str | None = None  # a spawn error while handling the last _Start
         self.stopped_by_request = False  # the last exit was a stop's doing
         self.stop_requests = 0  # stops asked of it, not by a cascade: to spot one made meanwhile
@@ -5265,6 +5271,7 @@ class Service:
                 self.spawn_error = self.reason  # with when it is tried again, if it is
                 return
             self.wanted = False
+            self.spawn_status = error.status
             self._set_state(State.FAILED, self.spawn_error)
             self.supervisor.on_failed_for_good(self)
             return
@@ -7923,6 +7930,8 @@ def _serve(
         code = unit.exit_code if unit.exit_code and unit.exit_code > 0 else 1
         if unit.exit_code is not None and unit.exit_code < 0:
             code = 128 - unit.exit_code
+        elif unit.exit_code is None and unit.spawn_error is not None:
+            code = unit.spawn_status  # as a shell would: 127 not found, 126 not runnable
         _log().error("critical unit %s failed (%s): shutting down", unit.name, unit.reason)
         shut_down(f"critical unit {unit.name!r} failed", code)
 

@@ -60,7 +60,7 @@ class Shim:
     def write(self, directory: pathlib.Path, name: str, text: str) -> None:
         (directory / f"{name}.toml").write_text(textwrap.dedent(text))
 
-    def start(self) -> None:
+    def start(self, *, until_it_answers: bool = True) -> None:
         argv = [
             "unshare",
             "--pid",
@@ -77,7 +77,8 @@ class Shim:
         argv += ["--container"] if self.container else ["--system-dir", str(self.system)]
         with open(self.output, "ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=log, env=self.env)
-        wait_until(self.answers, timeout=30, what="the daemon inside the namespace")
+        if until_it_answers:
+            wait_until(self.answers, timeout=30, what="the daemon inside the namespace")
 
     def answers(self) -> bool:
         try:
@@ -245,6 +246,17 @@ def test_issue_4_critical_failure_ends_container_with_its_code(shim):
     log = instance.log()
     assert "critical unit vital failed" in log
     assert "other: Running -> Stopping" in log
+
+
+def test_a_critical_program_not_found_ends_the_container_with_127(shim):
+    """As a shell says "command not found": 127 (and 126 for one that cannot be run)."""
+    instance = shim()
+    instance.write(
+        instance.services, "vital", '[service]\nexec = "/nonexistent/prog"\ncritical = true\n'
+    )
+    instance.start(until_it_answers=False)  # it may be gone before it could answer
+    assert instance.wait(60) == 127
+    assert "critical unit vital failed" in instance.log()
 
 
 @pytest.mark.parametrize(
