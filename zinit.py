@@ -5265,18 +5265,19 @@ class Service:
         except _SpawnError as error:
             self.pid = None
             self.spawn_error = f"spawn failed: {error}"
+            self.spawn_status = error.status
             if error.transient:
                 _log().warning("%s: %s", self.name, self.spawn_error)
                 self._after_exit(self.spawn_error, failed=True, uptime=0.0, at_least_s=1.0)
                 self.spawn_error = self.reason  # with when it is tried again, if it is
                 return
             self.wanted = False
-            self.spawn_status = error.status
             self._set_state(State.FAILED, self.spawn_error)
             self.supervisor.on_failed_for_good(self)
             return
         self.process = popen
         self.pid = popen.pid
+        self.spawn_error = None  # a failure to spawn before this (a retry's) is over
         _log().debug(
             "%s: spawned pid %d: %s (dir %s, user %s, cgroup %s)",
             self.name,
@@ -6277,8 +6278,9 @@ class Supervisor:
             else:
                 self.unit(name)
                 path = self.configs[name].path
-                orphaned = self._requirers([name], Service.is_active)
-                stopped = self._requirers([name], lambda u: u.is_active() or u.is_up())
+                # A finished oneshot among them is undone: wanted again, it runs once
+                # the unit is back.
+                orphaned = stopped = self._requirers([name], lambda u: u.is_active() or u.is_up())
                 stops = self._stop_counts(orphaned)
                 self.stop_units({name}, "removed")
                 self._forget(name)
@@ -6330,8 +6332,8 @@ class Supervisor:
             dependents = self._requirers(restarting, lambda u: u.is_active() or u.is_up(), old)
             # Units that need a removed one stop with it, but stay wanted: Blocked
             # until it comes back (SPEC 5, "requires an undefined unit").
-            orphaned = self._requirers(removed, Service.is_active, old)
-            stopped = self._requirers(removed, lambda u: u.is_active() or u.is_up(), old)
+            # A finished oneshot among them is undone: wanted again, it runs once it is back.
+            orphaned = self._requirers(removed, lambda u: u.is_active() or u.is_up(), old)
             stops = self._stop_counts(dependents + orphaned)
             if removed:
                 self.stop_units(set(removed), "removed from the config directory")
@@ -6380,7 +6382,7 @@ class Supervisor:
             "removed": gone,
             "changed": changed,
             "unchanged": unchanged,
-            "stopped": stopped,  # with the removed units, as they require one
+            "stopped": orphaned,  # with the removed units, as they require one
             "errors": [{"unit": n, **e.to_dict()} for n, e in sorted(errors.items())]
             + self._cycle_errors(),
         }
@@ -7928,10 +7930,10 @@ def _serve(
 
     def critical_failed(unit: Service) -> None:
         code = unit.exit_code if unit.exit_code and unit.exit_code > 0 else 1
-        if unit.exit_code is not None and unit.exit_code < 0:
-            code = 128 - unit.exit_code
-        elif unit.exit_code is None and unit.spawn_error is not None:
+        if unit.spawn_error is not None:  # its last start did not spawn (an old exit code lingers)
             code = unit.spawn_status  # as a shell would: 127 not found, 126 not runnable
+        elif unit.exit_code is not None and unit.exit_code < 0:
+            code = 128 - unit.exit_code
         _log().error("critical unit %s failed (%s): shutting down", unit.name, unit.reason)
         shut_down(f"critical unit {unit.name!r} failed", code)
 

@@ -258,6 +258,29 @@ def test_a_changed_finished_oneshot_runs_again_on_reload(daemon, tmp_path):
     assert daemon.status("mig")["state"] == "Exited"
 
 
+def test_a_finished_oneshot_alone_runs_again_when_its_removed_requirement_is_back(daemon, tmp_path):
+    """Nothing else pulls it in: undone with the removed unit, it waits for it and runs."""
+    runs = tmp_path / "runs"
+    daemon.service("db", "sleep 1000", lifecycle=QUICK)
+    daemon.service(
+        "mig",
+        f"sh -c 'echo run >> {runs}'",
+        service="oneshot = true\n",
+        dependencies='requires = ["db"]\n',
+    )
+    daemon.start()
+    wait_until(lambda: runs.exists() and runs.read_text() == "run\n", what="mig's first run")
+    db_text = (daemon.config_dir / "db.toml").read_text()
+    (daemon.config_dir / "db.toml").unlink()
+    result = daemon.cli("reload")
+    assert "stopped, as they require a removed unit: mig" in result.stdout, result.stdout
+    reason_of(daemon, "mig", "requires 'db', which is not defined")
+    (daemon.config_dir / "db.toml").write_text(db_text)
+    assert daemon.cli("reload").returncode == 0
+    wait_until(lambda: runs.read_text() == "run\nrun\n", what="mig's run once db is back")
+    assert daemon.call("check")["ok"] is True
+
+
 def test_a_finished_oneshot_runs_again_when_its_removed_requirement_is_added_back(daemon, tmp_path):
     runs = migration_stack(daemon, tmp_path)
     daemon.wait_state("app", "Running")

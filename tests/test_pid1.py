@@ -259,6 +259,23 @@ def test_a_critical_program_not_found_ends_the_container_with_127(shim):
     assert "critical unit vital failed" in instance.log()
 
 
+def test_a_critical_program_gone_after_a_run_ends_the_container_with_127(shim):
+    """The failure that ends it is the spawn's, not the earlier run's exit code."""
+    instance = shim()
+    script = instance.base / "once.sh"
+    script.write_text('#!/bin/sh\nrm -- "$0"\nexit 3\n')
+    script.chmod(0o755)
+    instance.write(
+        instance.services,
+        "vital",
+        f'[service]\nexec = "{script}"\ncritical = true\n'
+        '[lifecycle]\nrestart = "always"\nrestart_delay_ms = 100\n',
+    )
+    instance.start(until_it_answers=False)
+    assert instance.wait(60) == 127
+    assert "not found" in instance.log()
+
+
 @pytest.mark.parametrize(
     ("signum", "action"), [(signal.SIGTERM, "poweroff"), (signal.SIGINT, "reboot")]
 )
