@@ -487,7 +487,8 @@ def test_a_spawn_short_of_file_descriptors_leaks_none_and_is_tried_again(daemon)
         assert f"zinit: 'later' did not start: {why}restarting in " in result.stderr, result
         unit = daemon.status("later")
         assert unit["state"] == "Failed" and unit["reason"].startswith(why), unit
-        wait_until(lambda: fds() == taken, what="the daemon to hold no more fds than before")
+        # A subset: a control connection open when `taken` was read may be closed since.
+        wait_until(lambda: fds() <= taken, what="the daemon to hold no fd it did not hold before")
     finally:
         resource.prlimit(pid, resource.RLIMIT_NOFILE, limits)
     assert daemon.wait_state("later", "Running", timeout=30)["restarts"] >= 1
