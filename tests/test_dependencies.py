@@ -186,9 +186,9 @@ def test_restart_restarts_the_units_that_require_it(daemon):
     assert after["other"] == before["other"]
 
 
-def migration_stack(daemon, tmp_path):
+def migration_stack(daemon, tmp_path, *, app=True):
     """db; mig, a oneshot that requires db and notes each run in a file; app, which requires
-    mig.  Starts the daemon; returns the file of mig's runs."""
+    mig (unless told not to).  Starts the daemon; returns the file of mig's runs."""
     runs = tmp_path / "runs"
     daemon.service("db", "sleep 1000", lifecycle=QUICK)
     daemon.service(
@@ -197,7 +197,8 @@ def migration_stack(daemon, tmp_path):
         service="oneshot = true\n",
         dependencies='requires = ["db"]\n',
     )
-    daemon.service("app", "sleep 1000", lifecycle=QUICK, dependencies='requires = ["mig"]\n')
+    if app:
+        daemon.service("app", "sleep 1000", lifecycle=QUICK, dependencies='requires = ["mig"]\n')
     daemon.start()
     return runs
 
@@ -260,15 +261,7 @@ def test_a_changed_finished_oneshot_runs_again_on_reload(daemon, tmp_path):
 
 def test_a_finished_oneshot_alone_runs_again_when_its_removed_requirement_is_back(daemon, tmp_path):
     """Nothing else pulls it in: undone with the removed unit, it waits for it and runs."""
-    runs = tmp_path / "runs"
-    daemon.service("db", "sleep 1000", lifecycle=QUICK)
-    daemon.service(
-        "mig",
-        f"sh -c 'echo run >> {runs}'",
-        service="oneshot = true\n",
-        dependencies='requires = ["db"]\n',
-    )
-    daemon.start()
+    runs = migration_stack(daemon, tmp_path, app=False)
     wait_until(lambda: runs.exists() and runs.read_text() == "run\n", what="mig's first run")
     db_text = (daemon.config_dir / "db.toml").read_text()
     (daemon.config_dir / "db.toml").unlink()
