@@ -231,6 +231,7 @@ class ConfigError(ZinitError):
         self.col = col
         self.reason = reason
         self.also: tuple[ConfigError, ...] = ()
+        self.in_proxy_file = False  # an [xinet] file's, not a unit's (set by parse_unit_text)
 
     def __str__(self) -> str:
         where = self.path
@@ -1028,8 +1029,19 @@ def parse_unit_text(text: str, path: str, name: str) -> UnitConfig | XinetConfig
     """Parse and validate one unit's TOML text.
 
     ``path`` is only used in messages; ``name`` is the unit's name (the file
-    stem).  Raises ConfigError naming the file, line, column and key.
+    stem).  Raises ConfigError naming the file, line, column and key, and
+    whether the text is a proxy's: an ``[xinet]`` table and no ``[service]``
+    or ``[target]`` (a unit file with a stray table stays a unit's).
     """
+    try:
+        return _parse_unit_text(text, path, name)
+    except ConfigError as error:
+        headers = re.findall(r"^\s*\[\s*(xinet|service|target)\s*\]", text, re.MULTILINE)
+        error.in_proxy_file = "xinet" in headers and not {"service", "target"} & set(headers)
+        raise
+
+
+def _parse_unit_text(text: str, path: str, name: str) -> UnitConfig | XinetConfig:
     import tomllib
 
     if not is_unit_name(name):
@@ -1140,34 +1152,13 @@ def load_config_dirs(
             try:
                 config = load_unit_file(path, unit_class=unit_class)
             except ConfigError as error:
-                (proxy_errors if _declares_proxy(path) else errors)[name] = error
+                (proxy_errors if error.in_proxy_file else errors)[name] = error
                 continue
             if isinstance(config, XinetConfig):
                 proxies[name] = config
             else:
                 units[name] = config
     return units, proxies, errors, proxy_errors
-
-
-def _declares_proxy(path: str) -> bool:
-    """Whether a file that did not load is a proxy's: an ``[xinet]`` table and no
-    ``[service]`` or ``[target]`` (a unit file with a stray table stays a unit's)."""
-    import tomllib
-
-    try:
-        with open(path, "rb") as stream:
-            raw = stream.read(MAX_UNIT_FILE_BYTES + 1)
-    except OSError:
-        return False
-    if len(raw) > MAX_UNIT_FILE_BYTES:
-        return False  # refused for its size before anything else
-    text = raw.decode("utf-8", "replace")
-    try:
-        tables = set(tomllib.loads(text))
-    except (tomllib.TOMLDecodeError, RecursionError):
-        found = re.findall(r"^\s*\[\s*(xinet|service|target)\s*\]", text, re.MULTILINE)
-        tables = set(found)
-    return "xinet" in tables and not tables & {"service", "target"}
 
 
 # ==== 6. Graph ===============================================================
@@ -4217,6 +4208,15 @@ class _SpawnError(Exception):
         self.status = status
 
 
+def _output_pipe() -> tuple[int, int]:
+    """A pipe for a service's output, or the _SpawnError that says why there is none."""
+    try:
+        return os.pipe()
+    except OSError as error:
+        short = _short_of_resources(error)
+        raise short or _SpawnError(f"cannot make a pipe ({error.strerror})") from None
+
+
 def _short_of_resources(error: OSError) -> _SpawnError | None:
     """A _SpawnError for an error that says the daemon is short of something, else None."""
     import errno
@@ -4588,13 +4588,13 @@ def _spawn_service(
     argv = config.argv
     if config.dir is not None and not os.path.isdir(config.dir):
         raise _SpawnError(f"working directory {config.dir!r} does not exist")
-    out_read, out_write = os.pipe()
+    out_read, out_write = _output_pipe()
     try:
-        err_read, err_write = os.pipe()
-    except OSError as error:
+        err_read, err_write = _output_pipe()
+    except _SpawnError:
         os.close(out_read)
         os.close(out_write)
-        raise _short_of_resources(error) or _SpawnError(f"cannot make a pipe ({error})") from None
+        raise
     try:
         popen, leaf = cgroups.spawn_in(
             leaf,
@@ -4720,16 +4720,6 @@ def _process_name(process: Any) -> str:
         return process.name()
     except psutil.Error:
         return "?"
-
-
-def _is_alive(process: Any) -> bool:
-    """Whether a psutil.Process runs and is no zombie (never waits for it)."""
-    import psutil
-
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def _leftovers(name: str, pgid: int, leaf: str | None) -> list[int]:
@@ -5029,6 +5019,11 @@ class Service:
             raise UnitStateError(f"{self.name!r} has no running process ({self.state})")
         _signal_tree(self.pid, self._leaf, signum)
 
+    def is_on(self) -> bool:
+        """Active, or a finished oneshot whose work stands: what a stop undoes and a
+        restart does again."""
+        return self.is_active() or self.is_up()
+
     def is_up(self) -> bool:
         """Running, or a oneshot that has finished with success (and is not about to run again)."""
         if self.state == State.RUNNING:
@@ -5256,12 +5251,9 @@ class Service:
         self._apply_pending_config()
         self._leaf = self.supervisor.cgroups.leaf(self.name)
         try:
-            try:
-                popen, out_fd, err_fd, self._leaf = _spawn_service(
-                    self.config, self.supervisor.cgroups, self._leaf
-                )
-            except OSError as error:  # the first pipe
-                raise _short_of_resources(error) or error from None
+            popen, out_fd, err_fd, self._leaf = _spawn_service(
+                self.config, self.supervisor.cgroups, self._leaf
+            )
         except _SpawnError as error:
             self.pid = None
             self.spawn_error = f"spawn failed: {error}"
@@ -6092,8 +6084,7 @@ class Supervisor:
                     queue.append(target)
 
         def precedence(member: str) -> tuple[bool, bool, bool, str]:
-            unit = self.units[member]
-            running = unit.is_active() or unit.is_up()
+            running = self.units[member].is_on()
             return (member not in named, member not in required, not running, member)
 
         losers: dict[str, str] = {}
@@ -6119,10 +6110,7 @@ class Supervisor:
         # A finished oneshot that requires a stopping unit is stopped too: its work
         # (a migration, say) is then done again on the next start.
         targets = {
-            n
-            for n in reached_via
-            if n in self.units
-            and (n in names or self.units[n].is_active() or self.units[n].is_up())
+            n for n in reached_via if n in self.units and (n in names or self.units[n].is_on())
         }
         waits = stop_waits(targets, self.configs)
         done = {name: gevent.event.Event() for name in targets}
@@ -6156,7 +6144,7 @@ class Supervisor:
         if self.configs[name].status == "ignore":
             raise UnitStateError(f"{name!r} has status=ignore: zinit never starts it")
         # A finished oneshot that requires it runs again too.
-        dependents = self._requirers([name], lambda u: u.is_active() or u.is_up())
+        dependents = self._requirers([name], Service.is_on)
         stops = self._stop_counts(dependents)
         self.stop_units({name}, "restarting")
         try:
@@ -6280,7 +6268,7 @@ class Supervisor:
                 path = self.configs[name].path
                 # A finished oneshot among them is undone: wanted again, it runs once
                 # the unit is back.
-                orphaned = stopped = self._requirers([name], lambda u: u.is_active() or u.is_up())
+                orphaned = stopped = self._requirers([name], Service.is_on)
                 stops = self._stop_counts(orphaned)
                 self.stop_units({name}, "removed")
                 self._forget(name)
@@ -6328,12 +6316,12 @@ class Supervisor:
             changed = sorted(n for n in new if n in old and new[n] != old[n])
             unchanged = sorted(n for n in new if n in old and new[n] == old[n])
             # A finished oneshot counts as running: changed, it runs again (a new migration).
-            restarting = [n for n in changed if self.units[n].is_active() or self.units[n].is_up()]
-            dependents = self._requirers(restarting, lambda u: u.is_active() or u.is_up(), old)
+            restarting = [n for n in changed if self.units[n].is_on()]
+            dependents = self._requirers(restarting, Service.is_on, old)
             # Units that need a removed one stop with it, but stay wanted: Blocked
             # until it comes back (SPEC 5, "requires an undefined unit").
             # A finished oneshot among them is undone: wanted again, it runs once it is back.
-            orphaned = self._requirers(removed, lambda u: u.is_active() or u.is_up(), old)
+            orphaned = self._requirers(removed, Service.is_on, old)
             stops = self._stop_counts(dependents + orphaned)
             if removed:
                 self.stop_units(set(removed), "removed from the config directory")
@@ -6435,7 +6423,7 @@ class Supervisor:
         import psutil
 
         try:
-            strays = [p for p in psutil.Process().children() if _is_alive(p)]
+            strays = [p for p in psutil.Process().children() if _is_running(p.pid)]
         except psutil.Error:
             return
         if not strays:
@@ -6453,7 +6441,7 @@ class Supervisor:
                     pass
             deadline = self.clock() + limit_s
             # libev reaps them (never psutil's wait): look again after each exit.
-            while (strays := [p for p in strays if _is_alive(p)]) and self.clock() < deadline:
+            while (strays := [p for p in strays if _is_running(p.pid)]) and self.clock() < deadline:
                 self.runtime.wait_any_exit(deadline - self.clock())
             if not strays:
                 return
@@ -7254,8 +7242,10 @@ class _Connection:
     """One client connection: serialised writes, and the streams it follows."""
 
     def __init__(self, sock: Any) -> None:
+        import gevent
         import gevent.lock
 
+        self.greenlet = gevent.getcurrent()  # the one serving it
         self.sock = sock
         self._write_lock = gevent.lock.Semaphore()
         self.streams: list[Any] = []
@@ -7292,8 +7282,7 @@ class _RpcServer:
         self.path = path
         self.group = group
         self.acceptor: _Acceptor | None = None
-        self.connections: set[Any] = set()  # the greenlets serving a client
-        self.clients: set[_Connection] = set()  # and what they serve
+        self.clients: set[_Connection] = set()
         self.on_shutdown: Callable[[str], None] | None = None
         self.handlers = {method.name: getattr(self, method.handler_name) for method in _METHODS}
 
@@ -7343,22 +7332,16 @@ class _RpcServer:
     def close(self) -> None:
         if self.acceptor is not None:
             self.acceptor.close()
-            self.supervisor.runtime.gevent.killall(list(self.connections), timeout=1)
+            self.supervisor.runtime.gevent.killall([c.greenlet for c in self.clients], timeout=1)
         try:
             os.unlink(self.path)
         except OSError:
             pass
 
     def _accepted(self, client: socket.socket) -> None:
-        import gevent
         import gevent.socket
 
-        me = gevent.getcurrent()
-        self.connections.add(me)
-        try:
-            self._serve(gevent.socket.socket(client.family, client.type, fileno=client.detach()))
-        finally:
-            self.connections.discard(me)
+        self._serve(gevent.socket.socket(client.family, client.type, fileno=client.detach()))
 
     def _serve(self, sock: Any) -> None:
         connection = _Connection(sock)
@@ -7841,7 +7824,8 @@ def _lock_config_dirs(directories: list[tuple[str, str | None]]) -> None:
             fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             continue  # no such directory: no units to run twice
-        identity = (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
+        found = os.fstat(fd)
+        identity = (found.st_dev, found.st_ino)
         if identity in held:
             os.close(fd)
             continue
