@@ -2773,10 +2773,10 @@ def _cmd_xinet_list(args: argparse.Namespace, out: _Output) -> int:
             [
                 [
                     p["name"],
-                    ",".join(p["listen"]),
-                    p["backend"],
-                    p["service"],
-                    p["service_state"] or "undefined",
+                    ",".join(p["listen"]) or "-",
+                    p["backend"] or "-",
+                    p["service"] or "-",
+                    "not loaded" if p.get("error") else p["service_state"] or "undefined",
                     str(p["active"]),
                     str(p["total"]),
                 ]
@@ -2784,6 +2784,9 @@ def _cmd_xinet_list(args: argparse.Namespace, out: _Output) -> int:
             ],
             state_column=4,
         )
+        for proxy in proxies:
+            if proxy.get("error"):
+                out.line(f"{proxy['name']}: not loaded: {proxy['error']}")
     return 0
 
 
@@ -2794,6 +2797,10 @@ def _cmd_xinet_status(args: argparse.Namespace, out: _Output) -> int:
         out.json(result)
         return 0
     for proxy in result if isinstance(result, list) else [result]:
+        if proxy.get("error"):
+            out.line(f"{proxy['name']} (not loaded)")
+            out.line(f"  error:       {proxy['error']}")
+            continue
         out.line(f"{proxy['name']} ({proxy['source']})")
         out.line(f"  listen:      {', '.join(proxy['listen'])}")
         out.line(f"  backend:     {proxy['backend']}")
@@ -6971,6 +6978,7 @@ class XinetProxy:
             "single_connection": self.config.single_connection,
             "source": self.source,
             "path": self.config.path or None,
+            "error": None,
         }
 
     def _fail(self, message: str) -> None:
@@ -7142,12 +7150,43 @@ class XinetProxy:
             )
 
 
+def _unloaded_proxy_status(name: str, error: ConfigError) -> dict[str, Any]:
+    """A proxy status row for a file whose error kept it from ever loading."""
+    return {
+        "name": name,
+        "listen": [],
+        "backend": None,
+        "service": None,
+        "service_state": None,
+        "active": 0,
+        "total": 0,
+        "refused": 0,
+        "bytes_in": 0,
+        "bytes_out": 0,
+        "last_error": None,
+        "warnings": [],
+        "connect_timeout": None,
+        "idle_timeout": None,
+        "single_connection": False,
+        "source": "config",
+        "path": error.path,
+        "error": str(error),
+    }
+
+
 class _Xinet:
     """Every proxy of the daemon, by name."""
 
     def __init__(self, supervisor: Supervisor) -> None:
         self.supervisor = supervisor
         self.proxies: dict[str, XinetProxy] = {}
+
+    def statuses(self) -> list[dict[str, Any]]:
+        """Every proxy's status, and a row for each proxy file that never loaded."""
+        rows = {name: proxy.status() for name, proxy in self.proxies.items()}
+        for name, error in self.supervisor.proxy_errors.items():
+            rows.setdefault(name, _unloaded_proxy_status(name, error))
+        return [rows[name] for name in sorted(rows)]
 
     def get(self, name: str) -> XinetProxy:
         if name not in self.proxies:
@@ -7647,7 +7686,7 @@ class _RpcServer:
         return {"ok": True, "path": self.xinet.delete(name)}
 
     def rpc_xinet_list(self, connection: _Connection) -> Any:
-        return [proxy.status() for _, proxy in sorted(self.xinet.proxies.items())]
+        return self.xinet.statuses()
 
     def rpc_xinet_status(self, connection: _Connection, name: str | None = None) -> Any:
         if name is None:

@@ -27,7 +27,7 @@ STOPPED_TOML = '[service]\nexec = "sleep 1000"\nstatus = "stop"\n'
 STATUS_KEYS = {
     "name", "listen", "backend", "service", "service_state", "active", "total", "refused",
     "bytes_in", "bytes_out", "last_error", "warnings", "connect_timeout", "idle_timeout",
-    "single_connection", "source", "path",
+    "single_connection", "source", "path", "error",
 }  # fmt: skip
 
 BACKEND = r"""
@@ -874,6 +874,17 @@ def test_broken_proxy_file_keeps_the_old_proxy_on_reload(daemon):
     assert result.returncode == 1, result
     assert "proxy 'px2' is not loaded: " in result.stderr, result.stderr
     assert "xinet.backend: required: the address the service listens on" in result.stderr
+    listed = daemon.cli("xinet", "list")
+    assert listed.returncode == 0, listed
+    [row] = [line for line in listed.stdout.splitlines() if line.startswith("px2 ")]
+    assert row.split()[1:5] == ["-", "-", "-", "not"], listed.stdout
+    assert f"px2: not loaded: {daemon.config_dir / 'px2.toml'}:" in listed.stdout, listed.stdout
+    [unloaded] = [p for p in daemon.call("xinet_list") if p["name"] == "px2"]
+    assert set(unloaded) == STATUS_KEYS, unloaded
+    assert unloaded["listen"] == [] and "xinet.backend: required" in unloaded["error"], unloaded
+    assert [p["error"] for p in daemon.call("xinet_list") if p["name"] == "px"] == [None]
+    every = daemon.cli("xinet", "status").stdout
+    assert "px2 (not loaded)\n  error:       " in every and "px (config)" in every, every
     problems = daemon.cli("validate", str(daemon.config_dir)).stdout
     assert "px2.toml:1:2: xinet.service: required: the unit to start\n" in problems
     assert "px2.toml:2:10: xinet.listen: expected an address or a list of them, got 5" in problems
