@@ -2275,11 +2275,16 @@ def _start_and_wait(
             verdict = False
             print(f"zinit: {args.name} is not up after {args.timeout:g}s", file=sys.stderr)
     settle_s = _START_SETTLE_S if args.settle is None else args.settle
-    if verdict and not _stays_up(client, args.name, unit, settle_s, show):
+    stayed = verdict and _stays_up(client, args.name, unit, settle_s, show, deadline)
+    if verdict and not stayed:
         verdict = False
-        unit = client.call("status", {"name": args.name}, on_notification=show)
+        if stayed is None:  # the timeout came first; the daemon may be what hangs
+            why = f"had not been up {settle_s:g}s (--settle) when the {args.timeout:g}s passed"
+        else:
+            unit = client.call("status", {"name": args.name}, on_notification=show)
+            why = f"did not stay up for {settle_s:g}s"
         if not out.as_json:
-            print(f"zinit: {args.name} did not stay up for {settle_s:g}s", file=sys.stderr)
+            print(f"zinit: {args.name} {why}", file=sys.stderr)
     if out.as_json:
         out.json(unit)
     elif verdict:
@@ -2300,28 +2305,39 @@ def _stays_up(
     unit: dict[str, Any],
     settle_s: float,
     show: Callable[[dict[str, Any]], None],
-) -> bool:
+    deadline: float | None = None,
+) -> bool | None:
     """False if ``unit``, just come up, leaves Running (or runs another process) before it
-    has been up ``settle_s``.  A health check or a oneshot's exit already proved it."""
+    has been up ``settle_s``; None if ``deadline`` (monotonic) comes first.  A health check
+    or a oneshot's exit already proved it."""
     if unit["state"] != "Running" or unit.get("oneshot") or unit.get("health") is not None:
         return True
     end = time.monotonic() + settle_s - (unit.get("uptime_s") or 0.0)
+    cut_short = deadline is not None and deadline < end
+    if cut_short:
+        end = deadline
     while (left := end - time.monotonic()) > 0:
         client._sock.settimeout(left)
         try:
             message = next(client.notifications(), None)
         except TimeoutError:  # the window passed quietly (the reader is spent: done with it)
-            return True
+            break
         if message is None:  # the daemon went away: it was up while it could tell
             return True
         show(message)
         event = message.get("params", {})
         if message.get("method") == "event" and event.get("unit") == name:
-            client._sock.settimeout(None)  # an answer, however slow, decides it
-            now = client.call("status", {"name": name}, on_notification=show)
+            # Without a deadline an answer, however slow, decides it.
+            client._sock.settimeout(
+                None if deadline is None else max(0.01, deadline - time.monotonic())
+            )
+            try:
+                now = client.call("status", {"name": name}, on_notification=show)
+            except TimeoutError:
+                return None
             if now["state"] != "Running" or now["pid"] != unit["pid"]:
                 return False
-    return True
+    return None if cut_short else True
 
 
 def _start_verdict(unit: dict[str, Any]) -> bool | None:
@@ -2914,7 +2930,10 @@ def _cli_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, bool]
             "--wait", action="store_true", help="show progress and wait until it is up"
         )
         start.add_argument(
-            "--timeout", type=float, default=None, help="with --wait: give up after S seconds"
+            "--timeout",
+            type=float,
+            default=None,
+            help="with --wait: give up after S seconds (the settle window included)",
         )
         start.add_argument(
             "--settle",

@@ -220,6 +220,17 @@ def test_start_wait_fails_for_a_service_that_exits_right_after_starting(running)
     assert result.returncode == 2 and "--settle only applies with --wait" in result.stderr
 
 
+def test_start_wait_timeout_bounds_the_settle_window_too(running):
+    """--timeout is the whole wait: a settle window longer than what is left is cut short."""
+    running.service("steady", "sleep 1000", service='status = "stop"\n')
+    ok(running.cli("reload"))
+    result = running.cli("start", "--wait", "--timeout", "1.5", "--settle", "600", "steady")
+    assert result.returncode == 1, result
+    message = "zinit: steady had not been up 600s (--settle) when the 1.5s passed"
+    assert message in result.stderr, result.stderr
+    assert running.status("steady")["state"] == "Running"  # only the wait gave up
+
+
 def test_restart_wait_returns_once_the_new_process_is_up(running):
     """restart --wait, as start --wait: progress, then 0 once up; 1 when it will not be."""
     old = running.status("sleeper")["pid"]
