@@ -1541,7 +1541,11 @@ _METHODS: tuple[_Method, ...] = (
     _Method("remove_service", "Stop a unit, delete its file and forget it", (_NAME,)),
     _Method("start_all", "Start every user-class unit"),
     _Method("stop_all", "Stop every user-class unit"),
-    _Method("delete_all", "Stop and delete every user-class unit"),
+    _Method(
+        "delete_all",
+        "Stop and delete every user-class unit (only those in names, if given)",
+        (_Param("names", {"type": ["array", "null"], "items": {"type": "string"}}, False),),
+    ),
     _Method("shutdown", "Stop every unit in reverse dependency order, then exit"),
     _Method("poweroff", "Ordered shutdown, then power off (needs zinit-pid1)"),
     _Method("reboot", "Ordered shutdown, then reboot (needs zinit-pid1)"),
@@ -1728,8 +1732,10 @@ class _Calls:
     def stop_all(self) -> Any:
         return self._call("stop_all")
 
-    def delete_all(self) -> Any:
-        return self._call("delete_all")
+    def delete_all(self, names: list[str] | None = None) -> Any:
+        """Stop and delete every user-class unit; only those in ``names`` if given
+        (a unit added meanwhile stays)."""
+        return self._call("delete_all", {"names": names})
 
     def shutdown(self) -> Any:
         return self._call("shutdown")
@@ -2556,6 +2562,13 @@ def _cmd_delete_all(args: argparse.Namespace, out: _Output) -> int:
         if sys.stdin.readline().strip().lower() not in ("y", "yes"):
             print("zinit: delete-all: nothing deleted", file=sys.stderr)
             return 1
+        with _connect(args) as client:
+            result = client.delete_all(names)  # what was asked about, not what came since
+        if out.as_json:
+            out.json(result)
+        else:
+            out.line(f"deleted: {', '.join(result['deleted']) or '-'}")
+        return 0
     return _bulk("delete_all", "deleted")(args, out)
 
 
@@ -6361,9 +6374,14 @@ class Supervisor:
                 pass
         return {"name": name, "path": path, "stopped": stopped}
 
-    def delete_all(self) -> list[str]:
+    def delete_all(self, only: list[str] | None = None) -> list[str]:
+        """Stop and delete every user-class unit (of those in ``only``, if given)."""
         with self._config_lock:
-            names = sorted(n for n, c in self.configs.items() if c.unit_class == "user")
+            names = sorted(
+                name
+                for name, config in self.configs.items()
+                if config.unit_class == "user" and (only is None or name in only)
+            )
             self.stop_units(names, "deleted by delete-all")
             for name in names:
                 path = self.configs[name].path
@@ -7724,8 +7742,8 @@ class _RpcServer:
     def rpc_stop_all(self, connection: _Connection) -> Any:
         return {"stopped": self.supervisor.stop_all()}
 
-    def rpc_delete_all(self, connection: _Connection) -> Any:
-        return {"deleted": self.supervisor.delete_all()}
+    def rpc_delete_all(self, connection: _Connection, names: list[str] | None = None) -> Any:
+        return {"deleted": self.supervisor.delete_all(names)}
 
     def rpc_shutdown(self, connection: _Connection) -> Any:
         self.supervisor.shutdown("shutdown requested")
@@ -7821,6 +7839,13 @@ def _bind_params(method: _Method, params: Any) -> dict[str, Any]:
             and value < spec.schema.get("minimum", value)
         ):
             raise UsageError(f"{method.name}: {spec.name} must be >= {spec.schema['minimum']}")
+        item_type = spec.schema.get("items", {}).get("type")
+        if isinstance(value, list) and item_type is not None:
+            for item in value:
+                if not isinstance(item, _JSON_TYPES[item_type]) or isinstance(item, bool):
+                    raise UsageError(
+                        f"{method.name}: {spec.name} must hold {item_type}s, got {item!r}"
+                    )
     return params
 
 

@@ -506,6 +506,32 @@ def test_delete_all_asks_first_at_a_terminal(running):
     assert code == 0 and "deleted: again" in out and "go on?" not in err, (out, err)
 
 
+def test_delete_all_at_a_terminal_deletes_only_what_it_asked_about(running):
+    """A unit added while the question waits for its answer is not deleted with the others."""
+    parent, child = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [PYTHON, ZINIT_PY, "--socket", running.socket, "delete-all"],
+            stdin=child, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        asked = ""
+        while "go on?" not in asked:
+            chunk = os.read(process.stderr.fileno(), 4096).decode()
+            assert chunk, asked  # the command ended without asking
+            asked += chunk
+        assert "idle, job, sleeper" in asked, asked
+        running.service("newcomer", "sleep 1000")
+        ok(running.cli("reload"))
+        os.write(parent, b"y\n")
+        out, err = process.communicate(timeout=60)
+    finally:
+        os.close(parent)
+        os.close(child)
+    assert process.returncode == 0 and "deleted: idle, job, sleeper" in out, (out, err)
+    assert [unit["name"] for unit in running.call("list")] == ["newcomer"]
+    assert [path.name for path in running.config_dir.glob("*.toml")] == ["newcomer.toml"]
+
+
 def test_check(running):
     """check exits 0 when every status=start unit is up, 1 when one is Failed."""
     ok(running.cli("check"))

@@ -190,8 +190,13 @@ def test_start_all_stop_all_delete_all(running):
         for unit in client.list():
             assert unit["pid"] is None, unit
             assert unit["state"] in {"Exited", "Inactive"}, unit
+        with pytest.raises(zinit.RpcError, match="names must hold strings, got 1"):
+            client.delete_all(["idle", 1])
+        deleted = client.delete_all(["job", "nosuch"])  # only these (if they exist)
+        assert deleted["deleted"] == ["job"], deleted
+        assert sorted(unit["name"] for unit in client.list()) == ["idle", "sleeper"]
         deleted = client.delete_all()
-        assert set(deleted["deleted"]) == {"idle", "job", "sleeper"}
+        assert set(deleted["deleted"]) == {"idle", "sleeper"}
         assert client.list() == []
     assert list(running.config_dir.glob("*.toml")) == []
 
