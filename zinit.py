@@ -4970,7 +4970,8 @@ class _Mailbox:
 
     gevent.queue.Queue costs about 3.6 KiB a unit (three deques and an
     Event), for a queue that never has more than one reader: this is a list
-    and, while the greenlet waits, its Waiter.
+    and, while the greenlet waits, its Waiter.  One reader only: a second
+    would replace the first's Waiter, and the first would never wake.
     """
 
     __slots__ = ("_hub", "_waiter", "items")
@@ -4995,7 +4996,9 @@ class _Mailbox:
             timer = None
             if timeout is not None:
                 timer = self._hub.loop.timer(timeout)
-                timer.start(waiter.switch, None)
+                # From now, not from the loop's cached time: a turn that spawned
+                # many units would otherwise fire their deadlines early.
+                timer.start(waiter.switch, None, update=True)
             try:
                 waiter.get()
             finally:

@@ -8,11 +8,12 @@ import os
 import pwd
 import shlex
 import signal
+import subprocess
 import textwrap
 
 import psutil
 import pytest
-from conftest import PYTHON, pid_alive, wait_until
+from conftest import PYTHON, ROOT, pid_alive, wait_until
 
 import zinit
 
@@ -45,6 +46,37 @@ def kill_pids(pids) -> None:
 
 
 # ---- oneshots ----------------------------------------------------------------
+
+
+def test_a_units_deadline_counts_from_when_it_is_set():
+    """A deadline set late in a busy loop turn is not early by the time the turn took."""
+    script = textwrap.dedent("""
+        import sys, time
+        sys.path.insert(0, sys.argv[1])
+        import gevent, gevent.hub, zinit
+        hub = gevent.get_hub()
+        def hold(seconds, due):
+            timer = hub.loop.timer(due)
+            timer.start(time.sleep, seconds)
+            return timer
+        def unit():
+            # Woken by a timer (as by its restart delay) in a turn that another
+            # timer's callback held for 0.5 s after the loop read the clock.
+            waiter = gevent.hub.Waiter()
+            wake = hub.loop.timer(0.2)
+            wake.start(waiter.switch, None)
+            waiter.get()
+            start = time.monotonic()
+            assert zinit._Mailbox(hub).get(1.0) is None
+            return time.monotonic() - start
+        busy, held = hold(0.3, 0.1), hold(0.5, 0.15)  # both due with the unit's at 0.4
+        print(gevent.spawn(unit).get())
+    """)
+    result = subprocess.run(
+        [PYTHON, "-c", script, str(ROOT)], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout) >= 1.0, result.stdout
 
 
 def test_oneshot_success_is_exited_with_code_0(daemon):
