@@ -4796,8 +4796,10 @@ def _kill_pids(pids: list[int], signum: int) -> None:
 # the whole attempt, and an exec probe's process group is killed with it.
 
 
-def _probe(runtime: _Runtime, health: HealthConfig) -> tuple[bool, str]:
-    """Run one health check.  Blocks (cooperatively) up to ``timeout_ms``."""
+def _probe(runtime: _Runtime, config: UnitConfig) -> tuple[bool, str]:
+    """Run one health check of a unit.  Blocks (cooperatively) up to ``timeout_ms``."""
+    health = config.health
+    assert health is not None
     timeout = health.timeout_ms / 1000
     gevent = runtime.gevent
     try:
@@ -4806,7 +4808,7 @@ def _probe(runtime: _Runtime, health: HealthConfig) -> tuple[bool, str]:
                 return _probe_tcp(health.endpoint, timeout)
             if health.type == "http":
                 return _probe_http(health.endpoint, timeout)
-            return _probe_exec(runtime, health.command)
+            return _probe_exec(runtime, config)
     except gevent.Timeout:
         return False, f"{health.type} check timed out after {timeout:g}s"
     except Exception as error:  # noqa: BLE001 - a probe must never take the service down
@@ -4869,21 +4871,33 @@ def _probe_http(url: str, timeout: float) -> tuple[bool, str]:
     return False, f"GET {url}: {response.status} {response.reason}"
 
 
-def _probe_exec(runtime: _Runtime, command: str) -> tuple[bool, str]:
+def _probe_exec(runtime: _Runtime, config: UnitConfig) -> tuple[bool, str]:
+    """Run the check command as the service runs: its user, group, env and dir."""
     import subprocess
 
     import gevent.event
 
+    assert config.health is not None
+    command = config.health.command
+    env = _service_environment(config)
+    # Untagged: a check still running when the service exits is not its leftover.
+    del env["ZINIT_SERVER_PID"]
     try:
         popen = subprocess.Popen(
             shlex.split(command),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            cwd=config.dir,
+            env=env,
             start_new_session=True,
+            **_credentials(config, env),
         )
+    except _SpawnError as error:
+        return False, f"cannot run {command!r}: {error}"
     except OSError as error:
-        return False, f"cannot run {command!r}: {error.strerror or error}"
+        where = f" in {config.dir!r}" if config.dir and error.filename == config.dir else ""
+        return False, f"cannot run {command!r}{where}: {error.strerror or error}"
     result = gevent.event.AsyncResult()
     runtime.watch_child(popen, result.set)
     try:
@@ -5430,7 +5444,7 @@ class Service:
         assert health is not None
         interval = FIRST_PROBE_INTERVAL_S
         while generation == self._probe_generation:
-            ok, detail = _probe(self.runtime, health)
+            ok, detail = _probe(self.runtime, self.config)
             self.post(_HealthResult(generation, ok, detail))
             if self.state == State.STARTING:
                 interval = min(interval * 2, health.interval_ms / 1000)

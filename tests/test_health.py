@@ -323,3 +323,44 @@ def test_hanging_exec_probe_is_bounded_and_its_group_killed(daemon):
         for pid in seen:
             if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="user= needs the daemon to run as root")
+def test_exec_check_runs_as_the_service_runs(daemon):
+    """The check has the unit's user, env (PATH included) and dir, not the daemon's."""
+    import pathlib
+    import pwd
+    import shutil
+    import tempfile
+
+    nobody = pwd.getpwnam("nobody")
+    top = pathlib.Path(tempfile.mkdtemp(prefix="zinit-check-"))  # pytest's tmp is root-only
+    bin_dir, work_dir, report = top / "bin", top / "work", top / "report"
+    for directory in (bin_dir, work_dir):
+        directory.mkdir()
+    for path in (top, bin_dir, work_dir):
+        path.chmod(0o777)
+    try:
+        _check_identity(daemon, nobody, bin_dir, work_dir, report)
+    finally:
+        shutil.rmtree(top)
+
+
+def _check_identity(daemon, nobody, bin_dir, work_dir, report):
+    check = bin_dir / "check-me"  # found only on the unit's own PATH
+    check.write_text(f'#!/bin/sh\necho "$(id -un) $FOO $(pwd) $ZINIT_SERVICE" > {report}\n')
+    check.chmod(0o755)
+    daemon.service(
+        "svc",
+        "sleep 1000",
+        service=(
+            f'user = "nobody"\ndir = "{work_dir}"\n'
+            f'env = {{ FOO = "bar", PATH = "{bin_dir}:/usr/bin:/bin" }}\n'
+        ),
+        lifecycle=FAST_STOP,
+        health='type = "exec"\ncommand = "check-me"\ninterval_ms = 200\n',
+    )
+    daemon.start()
+    assert daemon.wait_state("svc", "Running", "Failed")["state"] == "Running"
+    assert report.read_text().split() == [nobody.pw_name, "bar", str(work_dir), "svc"]
+    assert report.stat().st_uid == nobody.pw_uid
