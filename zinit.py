@@ -4701,6 +4701,14 @@ def _signal_tree(pgid: int | None, leaf: str | None, signum: int) -> None:
             pass
 
 
+def _stop_signal(send: Callable[[int], None], signum: int) -> None:
+    """Send a stop signal through ``send``, then SIGCONT (as systemd does): a process
+    that was stopped (SIGSTOP, a debugger's ^Z) acts on the signal only once continued."""
+    send(signum)
+    if signum not in (signal.SIGKILL, signal.SIGCONT):
+        send(signal.SIGCONT)
+
+
 def _pgid(pid: int) -> int | None:
     try:
         return os.getpgid(pid)
@@ -5536,7 +5544,8 @@ class Service:
             self.pid,
             f" and cgroup {self._leaf}" if self._leaf else "",
         )
-        _signal_tree(self.pid, self._leaf, self.config.stop_signal)
+        pid, leaf = self.pid, self._leaf
+        _stop_signal(lambda signum: _signal_tree(pid, leaf, signum), self.config.stop_signal)
         self._set_state(State.STOPPING, reason)
         self._set_deadline(self.config.stop_timeout_ms / 1000, self._stop_timed_out)
 
@@ -5617,13 +5626,13 @@ class Service:
             return
         _log().info("%s: stopping %d leftover process(es)", self.name, len(leftovers))
         if kill_at is None:
-            _kill_pids(leftovers, self.config.stop_signal)
+            _stop_signal(functools.partial(_kill_pids, leftovers), self.config.stop_signal)
             kill_at = self.clock() + self.config.stop_timeout_ms / 1000
         elif self._leaf is None:
             # Without a cgroup the stop reached the process group only: the
             # descendants that left it (setsid) hear of the stop now.
             escaped = [pid for pid in leftovers if pid > 0 and _pgid(pid) != pgid]
-            _kill_pids(escaped, self.config.stop_signal)
+            _stop_signal(functools.partial(_kill_pids, escaped), self.config.stop_signal)
         deadline = kill_at
         for signum in (None, signal.SIGKILL):
             if signum is not None:

@@ -372,6 +372,19 @@ def test_stop_signal_is_honoured(daemon, spelling):
     assert not pid_alive(pid)
 
 
+def test_stop_continues_a_stopped_service_so_that_it_hears_the_stop_signal(daemon):
+    """A SIGSTOPped service gets SIGCONT after SIGTERM: it ends on SIGTERM, not SIGKILL."""
+    daemon.service("frozen", "sleep 1000", lifecycle="stop_timeout_ms = 30000\n")
+    daemon.start()
+    pid = daemon.wait_state("frozen", "Running")["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    wait_until(lambda: psutil.Process(pid).status() == psutil.STATUS_STOPPED, what="stopped")
+    result = daemon.cli("stop", "frozen", timeout=20)  # not the 30 s stop timeout
+    assert result.returncode == 0, result.stderr
+    unit = daemon.wait_state("frozen", "Exited")
+    assert unit["exit_code"] == -signal.SIGTERM, unit
+
+
 def test_stop_timeout_sends_sigkill(daemon):
     daemon.service(
         "stubborn",
