@@ -5747,6 +5747,7 @@ class Supervisor:
         self.runtime = runtime
         self.clock = clock
         self.directories = directories
+        self.dir_locks: _ConfigDirLocks | None = None  # the server entry's, once it holds them
         self.write_dir = write_dir
         #: Writes service lines to stdout as "name | line" (--forward-logs, containers).
         self.forwarder = _BackgroundWriter(sys.stdout) if forward_logs else None
@@ -6420,9 +6421,27 @@ class Supervisor:
             self._notify_all()
         return names
 
+    def _check_directories(self) -> None:
+        """Refuse a reload that would remove units because their directory is gone (a
+        mount missing, a deploy swapping directories): their files were not deleted."""
+        for directory, _ in self.directories:
+            if os.path.isdir(directory):
+                continue
+            inside = directory.rstrip(os.sep) + os.sep
+            configs = [*self.configs.values(), *self.proxy_configs.values()]
+            if any(config.path.startswith(inside) for config in configs):
+                problem = "is not a directory" if os.path.exists(directory) else "does not exist"
+                raise ZinitError(
+                    f"config directory {directory} {problem}: nothing reloaded (its units "
+                    "keep running; delete their files to remove them)"
+                )
+        if self.dir_locks is not None:
+            self.dir_locks.take(self.directories)  # one made since the daemon started
+
     def reload(self) -> dict[str, Any]:
         """Re-read the config directories and apply only the difference (SPEC 11)."""
         with self._config_lock:
+            self._check_directories()
             new, self.proxy_configs, errors, self.proxy_errors = load_config_dirs(self.directories)
             for name in [n for n in self.proxy_errors if n in self.configs]:
                 # A unit's file rewritten as a proxy's, with an error: the unit keeps
@@ -7973,32 +7992,40 @@ def server_main(argv: list[str] | None = None) -> int:
         writer.close()
 
 
-def _lock_config_dirs(directories: list[tuple[str, str | None]]) -> None:
-    """Hold a lock on each config directory for the daemon's life (the fds stay open,
-    closed on exec): a second daemon on the same directory would run every unit twice."""
-    import fcntl
+class _ConfigDirLocks:
+    """A lock on each config directory, held for the daemon's life (the fds stay open,
+    closed on exec): a second daemon on the same directory would run every unit twice.
 
-    held: set[tuple[int, int]] = set()  # two opens of one directory would lock each other out
-    for directory, _ in directories:
-        try:
-            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            continue  # no such directory: no units to run twice
-        found = os.fstat(fd)
-        identity = (found.st_dev, found.st_ino)
-        if identity in held:
-            os.close(fd)
-            continue
-        held.add(identity)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise ZinitError(
-                f"another zinit daemon supervises the units of {directory} already"
-            ) from None
-        except OSError:
-            os.close(fd)  # a file system without locks: nothing to hold
+    A directory that does not exist yet is locked by the first reload that finds it.
+    """
+
+    def __init__(self) -> None:
+        self.held: set[tuple[int, int]] = set()  # opened twice, one would lock out the other
+
+    def take(self, directories: list[tuple[str, str | None]]) -> None:
+        """Lock the directories not locked yet; ZinitError if another daemon holds one."""
+        import fcntl
+
+        for directory, _ in directories:
+            try:
+                fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                continue  # no such directory: no units to run twice
+            found = os.fstat(fd)
+            identity = (found.st_dev, found.st_ino)
+            if identity in self.held:
+                os.close(fd)
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise ZinitError(
+                    f"another zinit daemon supervises the units of {directory} already"
+                ) from None
+            except OSError:
+                os.close(fd)  # a file system without locks: nothing to hold
+            self.held.add(identity)
 
 
 def _pyz_python_version(archive: str) -> str | None:
@@ -8057,7 +8084,8 @@ def _serve(
         supervisor.cgroups.close()
         return 1
     try:
-        _lock_config_dirs(directories)
+        supervisor.dir_locks = _ConfigDirLocks()
+        supervisor.dir_locks.take(directories)
     except ZinitError as error:
         print(f"zinit-server: {error}", file=sys.stderr)
         server.close()
@@ -8090,7 +8118,14 @@ def _serve(
     # handler (not SIG_IGN) keeps services from inheriting an ignored signal.
     for signum in (signal.SIGUSR1, signal.SIGUSR2):
         gevent.signal_handler(signum, _log().info, "ignoring %s", signal_name(signum))
-    gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(server.reload))
+
+    def reload_on_sighup() -> None:
+        try:
+            server.reload()
+        except ZinitError as error:
+            _log().error("reload on SIGHUP: %s", error)
+
+    gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(reload_on_sighup))
     _log().info(
         "zinit %s listening on %s; units from %s",
         __version__,

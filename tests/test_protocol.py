@@ -469,6 +469,30 @@ def test_second_daemon_on_the_same_config_dir_refuses(daemon, tmp_path):
     assert daemon.status("only")["pid"] == pid
 
 
+def test_a_config_dir_made_after_two_daemons_started_is_locked_by_the_first_reload(tmp_path):
+    """Both started on a directory that did not exist: the first to reload once it does
+    takes it; the other's reload is refused, so no unit runs twice."""
+    from conftest import Daemon
+
+    first, second = Daemon(tmp_path / "first"), Daemon(tmp_path / "second")
+    shared = tmp_path / "late"
+    first.config_dir = second.config_dir = shared
+    try:
+        first.start()
+        second.start()
+        shared.mkdir()
+        first.service("once", "sleep 1000")
+        assert first.call("reload")["added"] == ["once"]
+        refused = second.cli("reload")
+        assert refused.returncode == 1, refused
+        assert f"supervises the units of {shared} already" in refused.stderr, refused.stderr
+        assert second.call("list") == []
+        assert first.wait_state("once", "Running")["pid"]
+    finally:
+        second.stop()
+        first.stop()
+
+
 def test_socket_path_that_is_not_a_socket_is_not_replaced(daemon):
     """A regular file at the socket path is left alone: the daemon refuses to start."""
     with open(daemon.socket, "w") as stream:

@@ -1,6 +1,7 @@
 """Hot reload (SPEC section 11), add-service and remove-service, on a real daemon."""
 
 import json
+import os
 import signal
 
 import pytest
@@ -456,3 +457,24 @@ def test_issue_2_reload_to_status_ignore_does_not_start_it(daemon):
         what="b to be blocked by a's status=ignore",
     )
     assert daemon.status("b")["state"] == "Blocked"
+
+
+def test_reload_refuses_when_the_config_dir_is_gone(daemon):
+    """A directory that vanished (a mount missing, a deploy swapping it) removes nothing:
+    the reload is refused, saying why, and the units keep running."""
+    daemon.service("a", "sleep 1000")
+    daemon.start()
+    pid = daemon.wait_state("a", "Running")["pid"]
+    moved = daemon.config_dir.with_name("moved")
+    daemon.config_dir.rename(moved)
+    result = daemon.cli("reload")
+    assert result.returncode == 1, result
+    assert f"config directory {daemon.config_dir} does not exist: nothing reloaded" in (
+        result.stderr
+    ), result.stderr
+    assert daemon.status("a")["pid"] == pid
+    os.kill(daemon.proc.pid, signal.SIGHUP)  # the same, logged, when the reload is a signal's
+    wait_until(lambda: "reload on SIGHUP: config directory" in daemon.log(), what="the error")
+    assert daemon.status("a")["pid"] == pid
+    moved.rename(daemon.config_dir)
+    assert daemon.call("reload")["unchanged"] == ["a"]
