@@ -6157,16 +6157,23 @@ class Supervisor:
         named = set(names)
         closure = pulled_in_from(names, self.configs)
         losers = self._conflict_losers(closure, named)
-        rivals = {
-            rival
-            for member in closure
-            if member not in losers
-            for rival in self.conflicts.get(member, ())
-            if rival in self.units and rival not in closure and self.units[rival].is_active()
-        }
-        rivals |= {loser for loser in losers if self.units[loser].is_active()}
+        # Each rival stops naming the units it conflicts with, not the ones asked for.
+        rivals: dict[str, set[str]] = collections.defaultdict(set)
+        for member in closure:
+            for rival in self.conflicts.get(member, ()) if member not in losers else ():
+                if rival in self.units and rival not in closure and self.units[rival].is_active():
+                    rivals[rival].add(member)
+        for loser, winner in losers.items():
+            if self.units[loser].is_active():
+                rivals[loser].add(winner)
         if rivals:
-            self.stop_units(rivals, f"stopped: conflicts with {', '.join(map(repr, names))}")
+            self.stop_units(
+                set(rivals),
+                {
+                    rival: f"stopped: conflicts with {', '.join(map(repr, sorted(members)))}"
+                    for rival, members in rivals.items()
+                },
+            )
         for loser, winner in losers.items():
             how = "is running" if self.units[winner].is_up() else "is starting with it"
             self.units[loser].post(_Note(f"not started: conflicts with {winner!r}, which {how}"))
@@ -6213,11 +6220,12 @@ class Supervisor:
                     losers[rival] = member
         return losers
 
-    def stop_units(self, names: set[str] | list[str], reason: str) -> None:
+    def stop_units(self, names: set[str] | list[str], reason: str | dict[str, str]) -> None:
         """Stop units, and first every unit that requires them (transitively).
 
-        Independent units stop in parallel; each waits only for the units in
-        the set that depend on it.  Blocks until all are at rest.
+        ``reason`` is one for all, or each named unit's.  Independent units
+        stop in parallel; each waits only for the units in the set that depend
+        on it.  Blocks until all are at rest.
         """
         import gevent
         import gevent.event
@@ -6236,13 +6244,16 @@ class Supervisor:
             try:
                 for dependent in waits[name]:
                     done[dependent].wait()
-                why = reason
+                root = name
                 if name not in names:
                     chain = [reached_via[name]]
                     while chain[-1] not in names:
                         chain.append(reached_via[chain[-1]])
+                    root = chain[-1]
+                why = reason[root] if isinstance(reason, dict) else reason
+                if name not in names:
                     via = ", which requires ".join(map(repr, chain))
-                    why = f"stopped because it requires {via}, which is stopping ({reason})"
+                    why = f"stopped because it requires {via}, which is stopping ({why})"
                 unit = self.units.get(name)  # it may have been removed meanwhile
                 if unit is not None:
                     unit.request_stop(why, cascade=name not in names).wait()

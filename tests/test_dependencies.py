@@ -417,6 +417,21 @@ def test_conflicts_starting_one_stops_the_other_both_ways(daemon):
     assert first(events, "a", "Exited") < first(events, "b", "Running", old="Exited")
 
 
+def test_a_unit_stopped_for_a_conflict_names_the_unit_it_conflicts_with(daemon):
+    """Starting a target that pulls in green stops blue "for green", not "for the target"."""
+    daemon.service("blue", "sleep 1000", lifecycle=QUICK)
+    daemon.service(
+        "green", "sleep 1000", lifecycle=QUICK, service='status = "stop"\n',
+        dependencies='conflicts = ["blue"]\n',
+    )  # fmt: skip
+    daemon.write("stack", '[target]\nname = "stack"\n[dependencies]\nrequires = ["green"]\n')
+    daemon.start()
+    daemon.wait_state("blue", "Running")  # at boot the target lost to it: it runs
+    assert daemon.cli("start", "stack").returncode == 0
+    blue = daemon.wait_state("blue", "Exited")
+    assert blue["reason"].startswith("stopped: conflicts with 'green'"), blue
+
+
 def test_conflicts_at_boot_the_first_by_name_starts(daemon):
     daemon.service("alpha", "sleep 1000", lifecycle=QUICK)
     daemon.service("beta", "sleep 1000", lifecycle=QUICK, dependencies='conflicts = ["alpha"]\n')
