@@ -5711,6 +5711,7 @@ class Service:
             return
         self.config, self._pending_config = self._pending_config, None
         self.log.resize(self.config.buffer_lines)
+        self.failures = 0  # a changed config gets the whole restart budget, as a start by hand
 
     def _close_readers(self) -> None:
         for reader in self._readers:

@@ -212,6 +212,24 @@ def test_max_restarts_gives_up_for_good(daemon):
     assert unit["exit_code"] == 2
 
 
+def test_a_changed_config_gets_the_whole_restart_budget_again(daemon):
+    """A unit that gave up, edited and reloaded, is tried 1 + max_restarts times again."""
+    lifecycle = 'restart = "always"\nmax_restarts = 2\nrestart_delay_ms = 50\n' + FAST_STOP
+    daemon.service("flappy", "sh -c 'exit 2'", lifecycle=lifecycle)
+    daemon.start()
+    gave_up = "gave up after 2 restart(s)"
+    wait_until(lambda: gave_up in daemon.status("flappy")["reason"], what="flappy to give up")
+    daemon.service("flappy", "sh -c 'echo second; exit 3'", lifecycle=lifecycle)
+    assert daemon.call("reload")["changed"] == ["flappy"]
+    unit = wait_until(
+        lambda: (u := daemon.status("flappy"))["exit_code"] == 3 and gave_up in u["reason"] and u,
+        timeout=30,
+        what="the new config to give up",
+    )
+    runs = [e["line"] for e in daemon.call("logs", name="flappy") if e["line"] == "second"]
+    assert len(runs) == 3, (runs, unit)
+
+
 # ---- spawn errors ------------------------------------------------------------
 
 
