@@ -7774,6 +7774,14 @@ class _RpcServer:
             fields = "; ".join(f"{e.key}: {e.reason}" for e in (error, *error.others))
             raise UsageError(f"xinet set: {fields}") from None
         self.supervisor.unit(service)
+        existing = self.xinet.proxies.get(name)
+        error = self.supervisor.proxy_errors.get(name)
+        path = existing.config.path if existing is not None else error.path if error else None
+        if path:  # the next reload would put the file's proxy back, silently
+            raise UnitStateError(
+                f"xinet set: proxy {name!r} is declared in {path}: edit the file and reload"
+                " (or `xinet delete` it first)"
+            )
         return self.xinet.set(config, "rpc").status()
 
     def rpc_xinet_delete(self, connection: _Connection, name: str) -> Any:

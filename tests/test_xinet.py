@@ -897,6 +897,13 @@ def test_broken_proxy_file_keeps_the_old_proxy_on_reload(daemon):
     assert reply["xinet"]["unchanged"] == ["px"] and reply["removed"] == [], reply
     assert reply["xinet"]["errors"] == [], reply
     assert xstatus(daemon)["warnings"] == []
+    # The file is where it is changed: a set would be undone by the next reload.
+    refused = daemon.cli(
+        "xinet", "set", "px", "--listen", tcp(), "--backend", back, "--service", "echo"
+    )
+    assert refused.returncode == 1, refused
+    assert f"proxy 'px' is declared in {path}: edit the file and reload" in refused.stderr
+    assert round_trip(listen, b"still") == b"still"
 
 
 def test_json_output_of_list_and_status(daemon, tmp_path):
