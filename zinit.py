@@ -1539,8 +1539,18 @@ _METHODS: tuple[_Method, ...] = (
         (_Param("toml", {"type": "string"}), _OPTIONAL_NAME),
     ),
     _Method("remove_service", "Stop a unit, delete its file and forget it", (_NAME,)),
-    _Method("start_all", "Start every user-class unit"),
-    _Method("stop_all", "Stop every user-class unit"),
+    _Method(
+        "start_all",
+        "Start every user-class unit; says which started and which could not be spawned",
+        result={
+            "type": "object",
+            "properties": {
+                "started": {"type": "array", "items": {"type": "string"}},
+                "failed": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        },
+    ),
+    _Method("stop_all", "Stop every user-class unit; lists those there was something to stop"),
     _Method(
         "delete_all",
         "Stop and delete every user-class unit (only those in names, if given)",
@@ -2540,6 +2550,20 @@ def _bulk(method: str, key: str) -> Callable[[argparse.Namespace, _Output], int]
     return command
 
 
+def _cmd_start_all(args: argparse.Namespace, out: _Output) -> int:
+    """start-all: exit 1 when a unit could not be spawned, naming each and why."""
+    with _connect(args) as client:
+        result = client.start_all()
+    failed = result.get("failed", {})
+    if out.as_json:
+        out.json(result)
+    else:
+        out.line(f"started: {', '.join(result['started']) or '-'}")
+        for name, error in sorted(failed.items()):
+            print(f"zinit: start-all: {name!r} did not start: {error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def _cmd_delete_all(args: argparse.Namespace, out: _Output) -> int:
     """delete-all, which deletes unit files: asked for first when typed at a terminal."""
     if not args.yes and sys.stdin is not None and sys.stdin.isatty():
@@ -2979,7 +3003,7 @@ def _cli_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, bool]
     add("remove-service", _cmd_remove_service, "stop a unit and delete its file").add_argument(
         "name"
     )
-    add("start-all", _bulk("start_all", "started"), "start every user-class unit")
+    add("start-all", _cmd_start_all, "start every user-class unit")
     add("stop-all", _bulk("stop_all", "stopped"), "stop every user-class unit")
     delete_all = add(
         "delete-all", _cmd_delete_all, "stop every user-class unit and delete its file"
@@ -6283,19 +6307,25 @@ class Supervisor:
             if dependents:
                 self.start_many(dependents, reason=f"restarted with {name!r}")
 
-    def start_all(self) -> list[str]:
+    def start_all(self) -> dict[str, Any]:
+        """Start every user-class unit: those that started (or wait for what they need),
+        and those that could not be spawned, with why."""
         names = [
             n
             for n, c in sorted(self.configs.items())
             if c.unit_class == "user" and c.status != "ignore"
         ]
         self.start_many(names, by_hand=True)
-        return names
+        failed = {n: error for n in names if (error := self.units[n].start_error) is not None}
+        return {"started": [n for n in names if n not in failed], "failed": failed}
 
     def stop_all(self) -> list[str]:
+        """Stop every user-class unit; the ones there was something to stop."""
         names = [n for n, c in self.configs.items() if c.unit_class == "user"]
+        busy = [n for n in names if self.units[n].wanted or self.units[n].state not in AT_REST]
+        busy += [n for n in names if self.units[n].is_on() and n not in busy]
         self.stop_units(names, "stopped by stop-all")
-        return sorted(names)
+        return sorted(busy)
 
     def _forget(self, name: str) -> None:
         import gevent.event
@@ -7802,7 +7832,7 @@ class _RpcServer:
         return self.supervisor.remove_service(name)
 
     def rpc_start_all(self, connection: _Connection) -> Any:
-        return {"started": self.supervisor.start_all()}
+        return self.supervisor.start_all()
 
     def rpc_stop_all(self, connection: _Connection) -> Any:
         return {"stopped": self.supervisor.stop_all()}

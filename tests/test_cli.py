@@ -472,6 +472,23 @@ def test_start_all_stop_all_delete_all(running):
     assert list(running.config_dir.glob("*.toml")) == []
 
 
+def test_start_all_names_what_did_not_start_and_stop_all_what_it_stopped(running):
+    """start-all exits 1 naming a unit it could not spawn; stop-all lists only the units
+    there was something to stop."""
+    running.service("nobin", "/nonexistent/prog", service='status = "stop"\n')
+    ok(running.cli("reload"))
+    result = running.cli("start-all")
+    assert result.returncode == 1, result
+    assert "zinit: start-all: 'nobin' did not start: spawn failed: executable" in result.stderr
+    started = result.stdout.strip().removeprefix("started: ").split(", ")
+    assert started == ["idle", "job", "sleeper"], result.stdout
+    assert running.cli("--json", "start-all").returncode == 1
+    running.wait_state("idle", "Running")
+    ok(running.cli("stop", "idle"))
+    stopped = as_json(running.cli("--json", "stop-all"))["stopped"]
+    assert stopped == ["job", "sleeper"], stopped  # idle was at rest, nobin failed for good
+
+
 def _answering_at_a_terminal(running, answer, *args):
     """Run the CLI with a terminal (a pty) as stdin, typing ``answer``."""
     parent, child = pty.openpty()
