@@ -2173,8 +2173,36 @@ def _print_log(out: _Output, entry: dict[str, Any], with_unit: bool) -> None:
     out.line(f"{_format_time(entry['time'])} {prefix}{marker} {line}")
 
 
+#: Commands that only read answer at once: past this many seconds the daemon is stuck
+#: (SIGSTOPped, or hung), and saying so beats hanging.  Those that stop units may
+#: rightly take a stop timeout; streams (``logs -f``, ``events``) wait by design.
+_QUERY_TIMEOUT_S = 30.0
+_QUERIES = frozenset(
+    {"list", "status", "why", "tree", "check", "logs", "kill", "debug-state", "debug-procs"}
+)
+
+
+def _query_timeout(args: argparse.Namespace) -> float | None:
+    """Seconds the command waits for an answer (ZINIT_TIMEOUT overrides), or None."""
+    if getattr(args, "follow", False):
+        return None
+    if args.command not in _QUERIES and getattr(args, "xinet_command", None) not in (
+        "list",
+        "status",
+    ):
+        return None
+    text = os.environ.get("ZINIT_TIMEOUT", "")
+    try:
+        seconds = float(text) if text else _QUERY_TIMEOUT_S
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < math.inf:
+        raise UsageError(f"ZINIT_TIMEOUT: expected seconds > 0, got {text!r}")
+    return seconds
+
+
 def _connect(args: argparse.Namespace) -> ZinitClient:
-    return ZinitClient.connect_unix(args.socket)
+    return ZinitClient.connect_unix(args.socket, timeout=_query_timeout(args))
 
 
 def _cmd_list(args: argparse.Namespace, out: _Output) -> int:
@@ -3100,6 +3128,13 @@ def cli_main(argv: list[str]) -> int:
         return _fault_of(error)[1]
     except BrokenPipeError:
         return 0
+    except TimeoutError:
+        where = args.socket or default_socket_path()
+        limit = _query_timeout(args)
+        within = f"within {limit:g}s" if limit is not None else "in time"
+        message = f"the daemon at {where} did not answer {within} (stopped, or hung?)"
+        print(f"zinit: {message}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         return 130
 

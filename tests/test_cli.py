@@ -12,6 +12,7 @@ import os
 import pty
 import queue
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -487,6 +488,29 @@ def test_start_all_names_what_did_not_start_and_stop_all_what_it_stopped(running
     ok(running.cli("stop", "idle"))
     stopped = as_json(running.cli("--json", "stop-all"))["stopped"]
     assert stopped == ["job", "sleeper"], stopped  # idle was at rest, nobin failed for good
+
+
+def test_a_query_to_a_stopped_daemon_gives_up_and_says_so(running):
+    """list, status, check ... wait ZINIT_TIMEOUT seconds (30 by default), then exit 3."""
+    command = [PYTHON, ZINIT_PY, "--socket", running.socket, "list"]
+
+    def run(timeout: str) -> subprocess.CompletedProcess:
+        env = dict(os.environ, ZINIT_TIMEOUT=timeout)
+        return subprocess.run(
+            command, env=env, check=False, capture_output=True, text=True, timeout=60
+        )
+
+    os.kill(running.proc.pid, signal.SIGSTOP)
+    try:
+        result = run("1")
+    finally:
+        os.kill(running.proc.pid, signal.SIGCONT)
+    assert result.returncode == 3, result
+    message = f"zinit: the daemon at {running.socket} did not answer within 1s (stopped, or hung?)"
+    assert message in result.stderr, result.stderr
+    bad = run("soon")
+    assert bad.returncode == 2 and "ZINIT_TIMEOUT: expected seconds > 0, got 'soon'" in bad.stderr
+    assert "sleeper" in ok(running.cli("list"))
 
 
 def _answering_at_a_terminal(running, answer, *args):
