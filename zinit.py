@@ -5572,7 +5572,8 @@ class Service:
         if self._restart_at is not None:
             self._restart_at = None
             self._set_deadline(None, lambda: None)
-            self._set_state(self.state, f"{message.reason}; restart cancelled ({self.reason})")
+            last = self.reason.rpartition("; restarting ")[0] or self.reason  # no longer true
+            self._set_state(self.state, f"{message.reason}; restart cancelled ({last})")
         match self.state:
             case State.BLOCKED:
                 self._set_state(State.INACTIVE, message.reason)

@@ -212,6 +212,20 @@ def test_max_restarts_gives_up_for_good(daemon):
     assert unit["exit_code"] == 2
 
 
+def test_a_stop_cancelling_a_restart_says_so_without_the_restart_it_cancelled(daemon):
+    daemon.service(
+        "crash",
+        "sh -c 'exit 3'",
+        lifecycle="restart_delay_ms = 600000\nrestart_delay_max_ms = 600000\n",
+    )
+    daemon.start()
+    wait_until(lambda: "restarting in 600s" in daemon.status("crash")["reason"], what="backoff")
+    assert daemon.cli("stop", "crash").returncode == 0
+    unit = daemon.status("crash")
+    assert unit["reason"] == "stopped by request; restart cancelled (exited with code 3)", unit
+    assert unit["next_restart_s"] is None, unit
+
+
 def test_a_changed_config_gets_the_whole_restart_budget_again(daemon):
     """A unit that gave up, edited and reloaded, is tried 1 + max_restarts times again."""
     lifecycle = 'restart = "always"\nmax_restarts = 2\nrestart_delay_ms = 50\n' + FAST_STOP
