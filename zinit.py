@@ -2892,10 +2892,8 @@ def _cmd_xinet_status(args: argparse.Namespace, out: _Output) -> int:
         )
         out.line(f"  bytes:       {proxy['bytes_in']} in, {proxy['bytes_out']} out")
         single = ", single connection" if proxy["single_connection"] else ""
-        out.line(
-            f"  timeouts:    connect {proxy['connect_timeout']:g}s, idle "
-            f"{proxy['idle_timeout']:g}s{single}"
-        )
+        idle = f"{proxy['idle_timeout']:g}s" if proxy["idle_timeout"] else "never (0)"
+        out.line(f"  timeouts:    connect {proxy['connect_timeout']:g}s, idle {idle}{single}")
         if proxy.get("last_error"):
             out.line(f"  last error:  {proxy['last_error']}")
         for warning in proxy.get("warnings", []):

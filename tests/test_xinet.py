@@ -885,6 +885,7 @@ def test_broken_proxy_file_keeps_the_old_proxy_on_reload(daemon):
     assert [p["error"] for p in daemon.call("xinet_list") if p["name"] == "px"] == [None]
     every = daemon.cli("xinet", "status").stdout
     assert "px2 (not loaded)\n  error:       " in every and "px (config)" in every, every
+    assert "  timeouts:    connect 20s, idle never (0)\n" in every, every
     problems = daemon.cli("validate", str(daemon.config_dir)).stdout
     assert "px2.toml:1:2: xinet.service: required: the unit to start\n" in problems
     assert "px2.toml:2:10: xinet.listen: expected an address or a list of them, got 5" in problems
