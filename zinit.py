@@ -1067,6 +1067,12 @@ def _parse_unit_text(text: str, path: str, name: str) -> UnitConfig | XinetConfi
             line, col = len(lines), len(lines[-1]) + 1
             message = message.removesuffix(" (at end of document)")
         message = message[:1].lower() + message[1:]
+        # tomllib names a table as a Python tuple: ('service',) is [service] to a reader.
+        message = re.sub(
+            r"\(((?:'[^']*',?\s*)+)\)",
+            lambda found: "[" + ".".join(re.findall(r"'([^']*)'", found[1])) + "]",
+            message,
+        )
         raise ConfigError(path, f"TOML syntax error: {message}", line=line, col=col) from None
     except RecursionError:  # tomllib recurses once per level of nested arrays or tables
         raise ConfigError(path, "TOML nested too deeply to read") from None

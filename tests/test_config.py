@@ -227,6 +227,15 @@ ERRORS = [
         "web.toml:3:17: TOML syntax error: cannot overwrite a value",
     ),
     (
+        "TOML syntax error: a table twice, named as a table (not a Python tuple)",
+        """
+        [service]
+        exec = "sleep 1"
+        [service]
+        """,
+        "web.toml:3:9: TOML syntax error: cannot declare [service] twice",
+    ),
+    (
         "unknown table",
         """
         [service]
