@@ -2713,10 +2713,20 @@ def _cmd_debug_procs(args: argparse.Namespace, out: _Output) -> int:
 def _cmd_validate(args: argparse.Namespace, out: _Output) -> int:
     """Check a config directory offline: every problem with file and line."""
     directory = args.directory or args.config_dir or default_config_dir()
+    only = None  # a file: checked with the rest of its directory (what it depends on)
+    if directory.endswith(".toml") and os.path.isfile(directory):
+        only = os.path.basename(directory).removesuffix(".toml")
+        directory = os.path.dirname(os.path.abspath(directory))
     if not os.path.isdir(directory):
-        print(f"zinit: validate: {directory!r} is not a directory", file=sys.stderr)
+        what = "a directory or a unit file" if directory.endswith(".toml") else "a directory"
+        print(f"zinit: validate: {directory!r} is not {what}", file=sys.stderr)
         return 1
     found, warned, units = validate_directory(directory)
+    if only is not None:
+        found = [(name, problem) for name, problem in found if name == only]
+        warned = [(name, warning) for name, warning in warned if name == only]
+        units = {name: config for name, config in units.items() if name == only}
+        directory = os.path.join(directory, f"{only}.toml")
     problems = [problem for _, problem in found]
     if out.as_json:
         # The shape of reload's reply: one entry per unit, its first problem with the
@@ -2780,17 +2790,51 @@ def validate_directory(
     for name, config in sorted(units.items()):
         if config.is_target:
             continue
+        for kind in ("requires", "wants"):
+            for dep in sorted(set(getattr(config, kind)) & set(config.conflicts)):
+                reason = f"{kind} {dep!r} and conflicts with it: it can never start"
+                warnings.append((name, at(config, f"dependencies.{kind}", reason)))
+        program_depends_on_dir = "/" in config.argv[0] and not config.argv[0].startswith("/")
         if config.dir is not None and not os.path.isdir(config.dir):
             reason = f"working directory {config.dir!r} does not exist here"
             warnings.append((name, at(config, "service.dir", reason)))
+            if not program_depends_on_dir and (missing := _missing_program(config)):
+                warnings.append((name, at(config, "service.exec", missing)))
         elif (missing := _missing_program(config)) is not None:
             warnings.append((name, at(config, "service.exec", missing)))
+        for key, value, exists in (
+            ("user", config.user, _user_exists),
+            ("group", config.group, _group_exists),
+        ):
+            if value and not value.isdigit() and not exists(value):
+                reason = f"{key} {value!r} does not exist here"
+                warnings.append((name, at(config, f"service.{key}", reason)))
     for name, proxy in sorted(proxies.items()):
         if proxy.service not in units and proxy.service not in errors:
             # The daemon installs it all the same, and warns (a broken file is its own error).
             warning = at(proxy, "xinet.service", f"{proxy.service!r} is not defined")
             warnings.append((name, warning))
     return problems, warnings, units
+
+
+def _user_exists(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _group_exists(name: str) -> bool:
+    import grp
+
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True
 
 
 def _missing_program(config: UnitConfig) -> str | None:

@@ -826,6 +826,45 @@ def test_validate_warns_of_a_program_or_directory_missing_here(tmp_path):
     ]
 
 
+def test_validate_warns_of_an_unknown_user_a_hopeless_unit_and_checks_one_file(tmp_path):
+    """Unknown user or group, requires-and-conflicts, a missing program behind a missing dir;
+    and a single file, checked with its directory (where what it requires lives)."""
+    (tmp_path / "who.toml").write_text(
+        '[service]\nexec = "sleep 1"\nuser = "zinit-nobody-here"\ngroup = "zinit-no-group"\n'
+    )
+    (tmp_path / "both.toml").write_text(
+        '[service]\nexec = "sleep 1"\n[dependencies]\nrequires = ["who"]\nconflicts = ["who"]\n'
+    )
+    (tmp_path / "gone.toml").write_text(
+        '[service]\nexec = "/nonexistent/prog"\ndir = "/nonexistent"\n'
+    )
+    result = _validate(tmp_path)
+    assert result.returncode == 0, result
+    warnings = [line.removeprefix(f"warning: {tmp_path}/") for line in result.stdout.splitlines()]
+    assert warnings[:-1] == [
+        (
+            "both.toml:4:12: dependencies.requires: requires 'who' and conflicts with it: "
+            "it can never start"
+        ),
+        "gone.toml:3:7: service.dir: working directory '/nonexistent' does not exist here",
+        "gone.toml:2:8: service.exec: '/nonexistent/prog' does not exist here",
+        "who.toml:3:8: service.user: user 'zinit-nobody-here' does not exist here",
+        "who.toml:4:9: service.group: group 'zinit-no-group' does not exist here",
+    ], result.stdout
+    one = _validate(tmp_path / "both.toml")
+    assert one.returncode == 0, one
+    assert one.stdout.splitlines()[-1] == f"{tmp_path}/both.toml: 1 unit(s), ok", one.stdout
+    assert "who.toml" not in one.stdout, one.stdout
+    (tmp_path / "bad.toml").write_text(
+        '[service]\nexec = "sleep 1"\n[dependencies]\nrequires = ["x"]\n'
+    )
+    bad = _validate(tmp_path / "bad.toml")
+    assert (
+        bad.returncode == 1
+        and "bad.toml:4:12: dependencies.requires: 'x' is not defined" in bad.stdout
+    )
+
+
 def test_validate_only_warnings_is_ok(tmp_path):
     (tmp_path / "web.toml").write_text(
         '[service]\nexec = "sleep 1"\n[dependencies]\nafter = ["db"]\n'
