@@ -378,17 +378,26 @@ def parse_signal(value: str | int) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
     else:
-        text = str(value).strip()
-        if text.lstrip("-").isdigit():
+        # kill(1)'s spellings too: -9, -KILL, and the realtime RTMIN+3 or RTMAX-1.
+        text = str(value).strip().removeprefix("-")
+        upper = text.upper().removeprefix("SIG")
+        realtime = re.fullmatch(r"RT(MIN|MAX)(?:([+-])(\d+))?", upper)
+        if text.isdigit():
             number = int(text)
+        elif realtime and hasattr(signal, "SIGRTMIN"):
+            base = signal.SIGRTMIN if realtime[1] == "MIN" else signal.SIGRTMAX
+            offset = int(realtime[3] or 0) * (-1 if realtime[2] == "-" else 1)
+            number = int(base) + offset
+            if not signal.SIGRTMIN <= number <= signal.SIGRTMAX:
+                raise ValueError(f"{value!r} is outside SIGRTMIN..SIGRTMAX")
         else:
-            upper = text.upper()
-            name = upper if upper.startswith("SIG") else "SIG" + upper
-            member = getattr(signal.Signals, name, None)
+            member = getattr(signal.Signals, "SIG" + upper, None)
             if member is None:
                 raise ValueError(f"expected a signal name or number, got {value!r}")
             return int(member)
-    if number not in {int(s) for s in signal.Signals}:
+    if number == 0:
+        raise ValueError("signal 0 only tests that a process exists: it is not sent")
+    if number not in signal.valid_signals():
         raise ValueError(f"no such signal number {number}")
     return number
 
@@ -397,6 +406,8 @@ def signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name
     except ValueError:
+        if hasattr(signal, "SIGRTMIN") and signal.SIGRTMIN < number < signal.SIGRTMAX:
+            return f"SIGRTMIN+{number - signal.SIGRTMIN}"
         return f"signal {number}"
 
 

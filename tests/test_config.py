@@ -4,6 +4,7 @@ Every message reads ``file:line:col: key: reason`` (STYLE: ``where: what (why)``
 """
 
 import json
+import re
 import signal
 import subprocess
 import textwrap
@@ -551,10 +552,31 @@ def test_signal_spellings(spelling):
 
 
 @pytest.mark.parametrize(
-    ("spelling", "number"), [("SIGKILL", 9), ("hup", 1), ("SIGUSR1", 10), ("INT", 2), (3, 3)]
-)
+    ("spelling", "number"),
+    [
+        ("SIGKILL", 9), ("hup", 1), ("SIGUSR1", 10), ("INT", 2), (3, 3),
+        ("-9", 9), ("-KILL", 9), ("SIGRTMIN+1", signal.SIGRTMIN + 1), ("rtmax-2", signal.SIGRTMAX - 2),
+        (str(int(signal.SIGRTMIN) + 5), signal.SIGRTMIN + 5),
+    ],
+)  # fmt: skip
 def test_other_signals(spelling, number):
+    """kill(1)'s spellings work too: -9, -KILL, realtime signals by offset or number."""
     assert zinit.parse_signal(spelling) == number
+    assert zinit.parse_signal(zinit.signal_name(number)) == number
+
+
+@pytest.mark.parametrize(
+    ("spelling", "why"),
+    [
+        ("0", "signal 0 only tests that a process exists: it is not sent"),
+        ("RTMIN+99", "'RTMIN+99' is outside SIGRTMIN..SIGRTMAX"),
+        ("99", "no such signal number 99"),
+        ("SIGFOO", "expected a signal name or number, got 'SIGFOO'"),
+    ],
+)
+def test_signals_that_are_not(spelling, why):
+    with pytest.raises(ValueError, match=re.escape(why)):
+        zinit.parse_signal(spelling)
 
 
 # -- directories -------------------------------------------------------------
