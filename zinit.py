@@ -1819,6 +1819,11 @@ class _Calls:
         return self._call("xinet.status", {"name": name})
 
 
+def _log_end_error(params: dict[str, Any]) -> UnitStateError:
+    """The error a log follower ends with when its unit is gone ("log.end")."""
+    return UnitStateError(f"{params.get('unit')!r} was {params.get('reason')}: no more lines")
+
+
 class ZinitClient(_Calls):
     """A blocking client of the control socket (standard library only).
 
@@ -1930,6 +1935,8 @@ class ZinitClient(_Calls):
         for message in self.notifications():
             if message.get("method") == "log":
                 yield message["params"]
+            elif message.get("method") == "log.end":
+                raise _log_end_error(message["params"])
 
     def events(self) -> Iterator[dict[str, Any]]:
         """Yield every state change (unit, from, to, reason, time) from now on."""
@@ -2032,6 +2039,8 @@ class AsyncZinitClient(_Calls):
         async for message in self.notifications():
             if message.get("method") == "log":
                 yield message["params"]
+            elif message.get("method") == "log.end":
+                raise _log_end_error(message["params"])
 
     async def events(self) -> Any:
         await self._call("events.subscribe")
@@ -6430,6 +6439,11 @@ class Supervisor:
         done = gevent.event.Event()
         unit.post(_Quit(done))
         done.wait()
+        # Its followers would wait forever, silently: they end, saying why.
+        end = {"method": "log.end", "params": {"unit": name, "reason": "removed"}}
+        for queue, wanted in list(self._log_queues.items()):
+            if wanted == name:
+                self._put(queue, end)
 
     def add_service(self, text: str, name: str | None = None) -> dict[str, Any]:
         """Write ``<name>.toml`` into the config directory, load it, start it if status=start."""
@@ -7835,6 +7849,8 @@ class _RpcServer:
                     connection.send({"jsonrpc": "2.0", "method": "log", "params": entry})
                 for message in queue:
                     connection.send({"jsonrpc": "2.0", **message})
+                    if message["method"] == "log.end":
+                        break
             except OSError:
                 pass
             finally:

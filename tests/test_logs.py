@@ -71,6 +71,31 @@ def test_buffer_lines_bounds_the_ring(daemon):
     assert lines == [f"n-{i}" for i in range(46, 51)]
 
 
+def test_logs_follow_of_a_removed_unit_ends_saying_so(daemon):
+    """logs -f NAME does not wait forever for a unit that is gone: exit 1, naming it;
+    a follower of every unit goes on."""
+    daemon.service("doomed", "sh -c 'echo hello; exec sleep 1000'", lifecycle=FAST_STOP)
+    daemon.service("other", "sleep 1000", lifecycle=FAST_STOP)
+    daemon.start()
+    daemon.wait_log("doomed", "hello")
+    command = [PYTHON, ZINIT_PY, "--socket", daemon.socket, "logs", "-f"]
+    one = subprocess.Popen([*command, "doomed"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    every = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: daemon.call("debug_state")["subscriptions"]["logs"] == 2)
+        assert daemon.cli("remove-service", "doomed").returncode == 0
+        out, err = one.communicate(timeout=30)
+        assert one.returncode == 1, (out, err)
+        assert b"zinit: 'doomed' was removed: no more lines" in err, err
+        assert b"hello" in out
+        assert every.poll() is None
+    finally:
+        for process in (one, every):
+            if process.poll() is None:
+                process.terminate()
+                process.wait(10)
+
+
 def test_logs_follow_shows_new_lines(daemon, tmp_path):
     trigger = tmp_path / "go"
     script = (
