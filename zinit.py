@@ -8181,12 +8181,28 @@ class _ConfigDirLocks:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
+                holder = self._holder(found)
+                who = f" (pid {holder})" if holder is not None else ""
                 raise ZinitError(
-                    f"another zinit daemon supervises the units of {directory} already"
+                    f"another zinit daemon{who} supervises the units of {directory} already"
                 ) from None
             except OSError:
                 os.close(fd)  # a file system without locks: nothing to hold
             self.held.add(identity)
+
+    @staticmethod
+    def _holder(found: os.stat_result) -> int | None:
+        """The pid holding a flock on the file, from /proc/locks (dev as hex major:minor)."""
+        where = f"{os.major(found.st_dev):02x}:{os.minor(found.st_dev):02x}:{found.st_ino}"
+        try:
+            with open("/proc/locks") as stream:
+                for line in stream:
+                    fields = line.split()
+                    if "FLOCK" in fields and len(fields) > 5 and fields[5] == where:
+                        return int(fields[4])
+        except (OSError, ValueError):
+            pass
+        return None
 
 
 def _pyz_python_version(archive: str) -> str | None:

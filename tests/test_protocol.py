@@ -464,7 +464,8 @@ def test_second_daemon_on_the_same_config_dir_refuses(daemon, tmp_path):
         check=False, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert second.returncode == 1, second
-    assert f"supervises the units of {daemon.config_dir} already" in second.stderr, second
+    message = f"another zinit daemon (pid {daemon.proc.pid}) supervises the units of"
+    assert f"{message} {daemon.config_dir} already" in second.stderr, second
     assert not os.path.exists(other)
     assert daemon.status("only")["pid"] == pid
 
