@@ -2548,7 +2548,10 @@ def _cmd_add_service(args: argparse.Namespace, out: _Output) -> int:
         with open(args.source, encoding="utf-8") as stream:
             text, source = stream.read(), args.source
         if name is None and args.source.endswith(".toml"):
-            name = os.path.basename(args.source).removesuffix(".toml")
+            try:
+                _declared_name(text)  # a name the file declares wins over the file's name
+            except (ZinitError, ValueError):
+                name = os.path.basename(args.source).removesuffix(".toml")
     elif (
         "[" in args.source
         or "\n" in args.source

@@ -394,6 +394,10 @@ def test_add_service_from_file_stdin_and_text(running, tmp_path):
     assert out.startswith(f"added fromfile ({running.config_dir}/fromfile.toml): Running: ")
     running.wait_state("fromfile", "Running")
     assert (running.config_dir / "fromfile.toml").exists()
+    named = incoming / "draft.toml"  # the name the file declares wins over the file's own
+    named.write_text('[service]\nname = "declared"\nexec = "true"\noneshot = true\n')
+    out = ok(running.cli("add-service", str(named)))
+    assert out.startswith(f"added declared ({running.config_dir}/declared.toml): "), out
 
     stdin_text = '[service]\nname = "fromstdin"\nexec = "true"\noneshot = true\n'
     ok(running.cli("add-service", "-", input=stdin_text))
