@@ -4460,6 +4460,15 @@ def _slow_cgroup_mount(directory: str) -> str | None:
     return None if "favordynmods" in options else point
 
 
+def _file_identity(path: str) -> tuple[int, int, int] | None:
+    """(inode, size, mtime in ns) of a file, or None if it cannot be read."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_ino, found.st_size, found.st_mtime_ns
+
+
 def _write_cgroup_file(directory: str, name: str, text: str) -> None:
     fd = os.open(os.path.join(directory, name), os.O_WRONLY | os.O_CLOEXEC)
     try:
@@ -5879,6 +5888,8 @@ class Supervisor:
         self.runtime = runtime
         self.clock = clock
         self.directories = directories
+        # Each unit's file as it was when its config was read: status warns once it differs.
+        self.loaded_files: dict[str, tuple[int, int, int] | None] = {}
         self.dir_locks: _ConfigDirLocks | None = None  # the server entry's, once it holds them
         self.write_dir = write_dir
         #: Writes service lines to stdout as "name | line" (--forward-logs, containers).
@@ -5919,6 +5930,7 @@ class Supervisor:
         for name, config in configs.items():
             self.configs[name] = config
             self.units[name] = Service(config, self)
+            self.loaded_files[name] = _file_identity(config.path)
         self.broken = errors
         self._rebuild_graph()
 
@@ -6077,7 +6089,25 @@ class Supervisor:
         """What ``status`` returns, as JSON text (see Service.status_json)."""
         if name in self.broken and name not in self.units:
             return _RawJson(_to_json(self._broken_status(name, self.broken[name])))
-        return _RawJson(self.unit(name).status_json())
+        unit = self.unit(name)
+        if (warning := self.file_warning(name)) is not None:
+            status = unit.snapshot().to_dict()
+            status["warnings"].append(warning)
+            return _RawJson(_to_json(status))
+        return _RawJson(unit.status_json())
+
+    def file_warning(self, name: str) -> str | None:
+        """Whether the unit's file changed, or went, since its config was read (as
+        systemctl warns); a file with an error says so in its own warning."""
+        unit, config = self.units.get(name), self.configs.get(name)
+        if unit is None or config is None or not config.path or unit.config_error is not None:
+            return None
+        found = _file_identity(config.path)
+        if found == self.loaded_files.get(name):
+            return None
+        if found is None:
+            return "its file is gone: `zinit reload` removes the unit"
+        return "its file changed since it was loaded: `zinit reload` applies it"
 
     def list_json(self) -> _RawJson:
         """What ``list`` returns, as JSON text (see Service.status_json)."""
@@ -6179,7 +6209,7 @@ class Supervisor:
             "required_by": sorted(
                 d for d in self.dependents.get(name, ()) if name in self.configs[d].requires
             ),
-            "warnings": list(status.warnings),
+            "warnings": [*status.warnings, *filter(None, [self.file_warning(name)])],
             "config_error": unit.config_error.to_dict() if unit.config_error else None,
             "history": list(unit.history),
             "recent_output": unit.log.tail(5),
@@ -6439,6 +6469,7 @@ class Supervisor:
 
         unit = self.units.pop(name)
         self.configs.pop(name, None)
+        self.loaded_files.pop(name, None)
         done = gevent.event.Event()
         unit.post(_Quit(done))
         done.wait()
@@ -6488,6 +6519,7 @@ class Supervisor:
                 raise
             self.configs[name] = config
             self.units[name] = Service(config, self)
+            self.loaded_files[name] = _file_identity(path)
             self._rebuild_graph()
             waiting = self._waiting_for([name])
             if config.status == "start" and not self.shutting_down:
@@ -6629,6 +6661,8 @@ class Supervisor:
             for name in added:
                 self.configs[name] = new[name]
                 self.units[name] = Service(new[name], self)
+            for name in [*changed, *added, *unchanged]:
+                self.loaded_files[name] = _file_identity(new[name].path)
             self.broken = {n: e for n, e in errors.items() if n not in self.configs}
             for name, unit in self.units.items():
                 unit.config_error = errors.get(name)

@@ -478,3 +478,21 @@ def test_reload_refuses_when_the_config_dir_is_gone(daemon):
     assert daemon.status("a")["pid"] == pid
     moved.rename(daemon.config_dir)
     assert daemon.call("reload")["unchanged"] == ["a"]
+
+
+def test_status_warns_of_a_file_changed_since_it_was_loaded(daemon):
+    """As systemctl does: an edited (or deleted) file that no reload has read yet is named."""
+    path = daemon.service("edited", "sleep 1000")
+    daemon.start()
+    daemon.wait_state("edited", "Running")
+    assert daemon.status("edited")["warnings"] == []
+    path.write_text(path.read_text() + "# a comment, but a change all the same\n")
+    changed = "its file changed since it was loaded: `zinit reload` applies it"
+    assert daemon.status("edited")["warnings"] == [changed]
+    assert changed in daemon.call("why", name="edited")["warnings"]
+    assert f"warning:  {changed}" in daemon.cli("status", "edited").stdout
+    assert daemon.call("reload")["unchanged"] == ["edited"]
+    assert daemon.status("edited")["warnings"] == []
+    path.unlink()
+    gone = "its file is gone: `zinit reload` removes the unit"
+    assert daemon.status("edited")["warnings"] == [gone]
