@@ -5512,6 +5512,8 @@ class Service:
             self.pid = None
             self.spawn_error = f"spawn failed: {error}"
             self.spawn_status = error.status
+            # Where an operator looks first: a program that never ran has no output.
+            self.log.extend("stderr", [f"zinit: {self.spawn_error}"])
             if error.transient:
                 _log().warning("%s: %s", self.name, self.spawn_error)
                 self._after_exit(self.spawn_error, failed=True, uptime=0.0, at_least_s=1.0)

@@ -259,6 +259,9 @@ def test_missing_binary_fails_and_names_it(daemon):
         assert result.returncode == 1, (command, result)
         assert "'ghost' did not start: spawn failed:" in result.stderr, result.stderr
         assert "/nonexistent/zinit-no-such-binary" in result.stderr
+    # The unit's log says it too: a program that never ran has no output of its own.
+    logged = [(e["stream"], e["line"]) for e in daemon.call("logs", name="ghost")]
+    assert logged == 3 * [("stderr", f"zinit: {unit['reason']}")], logged
 
 
 def test_missing_dir_fails_and_names_it(daemon):
