@@ -1090,6 +1090,25 @@ def _parse_unit_text(text: str, path: str, name: str) -> UnitConfig | XinetConfi
     return _UnitParser(path, text, name).parse(data)
 
 
+def _declared_name(text: str) -> str:
+    """Return [service].name or [target].name from TOML text, for add-service."""
+    import tomllib
+
+    try:
+        data = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, RecursionError):
+        parse_unit_text(text, "<add-service>", "unnamed")  # raises with line and column
+        raise
+    for kind in ("service", "target", "xinet"):
+        table = data.get(kind)
+        if isinstance(table, dict) and isinstance(table.get("name"), str):
+            return table["name"]
+    raise UsageError(
+        "add-service needs the unit's name: pass one (--name), set [service].name (or "
+        "[target].name), or add a file named <name>.toml"
+    )
+
+
 def load_unit_file(path: str, *, unit_class: str | None = None) -> UnitConfig | XinetConfig:
     """Read and validate one ``<name>.toml`` file.
 
@@ -6830,25 +6849,6 @@ class Supervisor:
             except (psutil.Error, OSError):
                 continue
         return rows
-
-
-def _declared_name(text: str) -> str:
-    """Return [service].name or [target].name from TOML text, for add-service."""
-    import tomllib
-
-    try:
-        data = tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, RecursionError):
-        parse_unit_text(text, "<add-service>", "unnamed")  # raises with line and column
-        raise
-    for kind in ("service", "target", "xinet"):
-        table = data.get(kind)
-        if isinstance(table, dict) and isinstance(table.get("name"), str):
-            return table["name"]
-    raise UsageError(
-        "add-service needs the unit's name: pass one (--name), set [service].name (or "
-        "[target].name), or add a file named <name>.toml"
-    )
 
 
 # ==== 17. Xinet proxy ========================================================
