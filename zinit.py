@@ -2324,11 +2324,6 @@ def _start_and_wait(
     # Only this unit and what it requires, wants or is ordered after: other
     # units changing meanwhile (a flapping one) are not this command's story.
     relevant: set[str] = set()
-    nodes = list(client.tree(args.name))
-    while nodes:
-        node = nodes.pop()
-        relevant.add(node["name"])
-        nodes.extend(node.get("children", ()))
 
     def show(message: dict[str, Any]) -> None:
         event = message.get("params", {})
@@ -2336,20 +2331,33 @@ def _start_and_wait(
             _print_event(out, event)
 
     def limit_wait() -> None:
+        """Bound the next read by what is left of --timeout (every call: a daemon that
+        stops answering, or a restart's slow stop, must not outlast it)."""
         if deadline is not None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError
             client._sock.settimeout(remaining)
 
-    client.call("events.subscribe")
-    # The daemon answers once the unit has acted on the start, so the status
-    # read next belongs to this attempt, not to an earlier run.
-    client.call(method, {"name": args.name}, on_notification=show)
-    unit = client.call("status", {"name": args.name}, on_notification=show)
-    verdict = _start_verdict(unit)
-    if verdict is None:
-        try:
+    unit: dict[str, Any] | None = None
+    verdict: bool | None = None
+    try:
+        limit_wait()
+        nodes = list(client.tree(args.name))
+        while nodes:
+            node = nodes.pop()
+            relevant.add(node["name"])
+            nodes.extend(node.get("children", ()))
+        limit_wait()
+        client.call("events.subscribe")
+        # The daemon answers once the unit has acted on the start, so the status
+        # read next belongs to this attempt, not to an earlier run.
+        limit_wait()
+        client.call(method, {"name": args.name}, on_notification=show)
+        limit_wait()
+        unit = client.call("status", {"name": args.name}, on_notification=show)
+        verdict = _start_verdict(unit)
+        if verdict is None:
             limit_wait()
             for message in client.notifications():
                 show(message)
@@ -2360,9 +2368,13 @@ def _start_and_wait(
                     if verdict is not None:
                         break
                 limit_wait()
-        except TimeoutError:
-            verdict = False
-            print(f"zinit: {args.name} is not up after {args.timeout:g}s", file=sys.stderr)
+    except TimeoutError:
+        verdict = False
+        silent = " (the daemon had not answered yet)" if unit is None else ""
+        print(f"zinit: {args.name} is not up after {args.timeout:g}s{silent}", file=sys.stderr)
+        if unit is None:
+            return 1
+    assert unit is not None
     settle_s = _START_SETTLE_S if args.settle is None else args.settle
     stayed = verdict and _stays_up(client, args.name, unit, settle_s, show, deadline)
     if verdict and not stayed:
@@ -2370,8 +2382,12 @@ def _start_and_wait(
         if stayed is None:  # the timeout came first; the daemon may be what hangs
             why = f"had not been up {settle_s:g}s (--settle) when the {args.timeout:g}s passed"
         else:
-            unit = client.call("status", {"name": args.name}, on_notification=show)
             why = f"did not stay up for {settle_s:g}s"
+            client._sock.settimeout(None if deadline is None else _START_LAST_READ_S)
+            try:
+                unit = client.call("status", {"name": args.name}, on_notification=show)
+            except TimeoutError:
+                pass  # what it was when it left Running says enough
         if not out.as_json:
             print(f"zinit: {args.name} {why}", file=sys.stderr)
     if out.as_json:
@@ -2386,6 +2402,8 @@ def _start_and_wait(
 #: How long ``start --wait`` watches a service without a health check once it
 #: is Running (supervisord's startsecs): one that exits meanwhile did not start.
 _START_SETTLE_S = 1.0
+#: With --timeout, the read of the state a unit left Running for may take this long.
+_START_LAST_READ_S = 5.0
 
 
 def _stays_up(
@@ -2402,6 +2420,8 @@ def _stays_up(
     if unit["state"] != "Running" or unit.get("oneshot") or unit.get("health") is not None:
         return True
     end = time.monotonic() + settle_s - (unit.get("uptime_s") or 0.0)
+    if end <= time.monotonic():
+        return True  # up long enough already (or --settle 0), however late it is
     cut_short = deadline is not None and deadline < end
     if cut_short:
         end = deadline

@@ -17,6 +17,7 @@ import subprocess
 import threading
 import time
 
+import psutil
 import pytest
 from conftest import PYTHON, ZINIT_PY, pid_alive, wait_until
 
@@ -230,6 +231,28 @@ def test_start_wait_timeout_bounds_the_settle_window_too(running):
     message = "zinit: steady had not been up 600s (--settle) when the 1.5s passed"
     assert message in result.stderr, result.stderr
     assert running.status("steady")["state"] == "Running"  # only the wait gave up
+
+
+def test_restart_wait_timeout_bounds_a_slow_stop_too(running, tmp_path):
+    """--timeout bounds every call of the wait: here the restart's own stop outlasts it."""
+    once = tmp_path / "stubborn-once"  # only the first run ignores SIGTERM
+    running.service(
+        "stubborn",
+        f"sh -c \"[ -e {once} ] || {{ touch {once}; trap '' TERM; }}; echo ready; sleep 1000\"",
+        lifecycle="stop_timeout_ms = 60000\n",
+    )
+    ok(running.cli("reload"))
+    pid = running.wait_state("stubborn", "Running")["pid"]
+    running.wait_log("stubborn", "ready")
+    result = running.cli(
+        "restart", "--wait", "--timeout", "1.5", "--settle", "0", "stubborn", timeout=30
+    )
+    assert result.returncode == 1, result
+    message = "zinit: stubborn is not up after 1.5s (the daemon had not answered yet)"
+    assert message in result.stderr, result.stderr
+    for child in psutil.Process(pid).children(recursive=True) + [psutil.Process(pid)]:
+        child.kill()  # ours: it would hold the restart for its 60 s stop timeout
+    assert running.wait_state("stubborn", "Running")["pid"] != pid
 
 
 def test_restart_wait_returns_once_the_new_process_is_up(running):
