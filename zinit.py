@@ -1577,12 +1577,14 @@ _METHODS: tuple[_Method, ...] = (
     _Method("remove_service", "Stop a unit, delete its file and forget it", (_NAME,)),
     _Method(
         "start_all",
-        "Start every user-class unit; says which started and which could not be spawned",
+        "Start every user-class unit; says which started, which failed (not spawned, or "
+        "blocked for good) and which yielded to a conflicting unit",
         result={
             "type": "object",
             "properties": {
                 "started": {"type": "array", "items": {"type": "string"}},
                 "failed": {"type": "object", "additionalProperties": {"type": "string"}},
+                "not_started": {"type": "object", "additionalProperties": {"type": "string"}},
             },
         },
     ),
@@ -2655,6 +2657,8 @@ def _cmd_start_all(args: argparse.Namespace, out: _Output) -> int:
         out.json(result)
     else:
         out.line(f"started: {', '.join(result['started']) or '-'}")
+        for name, why in sorted(result.get("not_started", {}).items()):
+            out.line(f"{name}: {why}")
         for name, error in sorted(failed.items()):
             print(f"zinit: start-all: {name!r} did not start: {error}", file=sys.stderr)
     return 1 if failed else 0
@@ -6345,11 +6349,12 @@ class Supervisor:
 
     def start_many(
         self, names: list[str], *, reason: str = "started by request", by_hand: bool = False
-    ) -> None:
+    ) -> dict[str, Service | str]:
         """Start units together, then return once each named one has acted on it.
 
         All starts are posted before any is waited for, so that ``after``
-        ordering sees every unit of the batch as starting.
+        ordering sees every unit of the batch as starting.  Returns, for each
+        named unit, the Service asked to start, or why it was not (a conflict).
         """
         if self.shutting_down:
             raise UnitStateError("the daemon is shutting down")
@@ -6377,9 +6382,13 @@ class Supervisor:
                     for rival, members in rivals.items()
                 },
             )
+        outcome: dict[str, Service | str] = {}
         for loser, winner in losers.items():
             how = "is running" if self.units[winner].is_up() else "is starting with it"
-            self.units[loser].post(_Note(f"not started: conflicts with {winner!r}, which {how}"))
+            note = f"not started: conflicts with {winner!r}, which {how}"
+            self.units[loser].post(_Note(note))
+            if loser in named:
+                outcome[loser] = note
         handled = []
         for member in closure:
             if member in losers:
@@ -6390,8 +6399,10 @@ class Supervisor:
             event = self.units[member].request_start(why, by_hand=by_hand and member in named)
             if member in named:
                 handled.append(event)
+                outcome[member] = self.units[member]
         for event in handled:
             event.wait()
+        return outcome
 
     def _conflict_losers(self, closure: dict[str, str], named: set[str]) -> dict[str, str]:
         """Units of one start that conflict with another of it, each with the one it yields to.
@@ -6486,16 +6497,26 @@ class Supervisor:
                 self.start_many(dependents, reason=f"restarted with {name!r}")
 
     def start_all(self) -> dict[str, Any]:
-        """Start every user-class unit: those that started (or wait for what they need),
-        and those that could not be spawned, with why."""
+        """Start every user-class unit.  Says which started (or wait for what they need),
+        which failed (not spawned, or blocked by what will not come), and which yielded
+        to a unit they conflict with."""
         names = [
             n
             for n, c in sorted(self.configs.items())
             if c.unit_class == "user" and c.status != "ignore"
         ]
-        self.start_many(names, by_hand=True)
-        failed = {n: error for n in names if (error := self.units[n].start_error) is not None}
-        return {"started": [n for n in names if n not in failed], "failed": failed}
+        outcome = self.start_many(names, by_hand=True)
+        failed: dict[str, str] = {}
+        yielded: dict[str, str] = {}
+        for name, unit in outcome.items():  # the Service, held: it may be removed meanwhile
+            if isinstance(unit, str):
+                yielded[name] = unit
+            elif unit.start_error is not None:
+                failed[name] = unit.start_error
+            elif unit.is_hopeless():
+                failed[name] = unit.reason
+        started = [n for n in names if n in outcome and n not in failed and n not in yielded]
+        return {"started": started, "failed": failed, "not_started": yielded}
 
     def stop_all(self) -> list[str]:
         """Stop every user-class unit; the ones there was something to stop."""

@@ -504,17 +504,30 @@ def test_start_all_names_what_did_not_start_and_stop_all_what_it_stopped(running
     """start-all exits 1 naming a unit it could not spawn; stop-all lists only the units
     there was something to stop."""
     running.service("nobin", "/nonexistent/prog", service='status = "stop"\n')
+    running.service(
+        "orphan", "sleep 1000", service='status = "stop"\n',
+        dependencies='requires = ["undefined"]\n',
+    )  # fmt: skip
+    running.service(
+        "rival", "sleep 1000", service='status = "stop"\n', dependencies='conflicts = ["idle"]\n'
+    )
     ok(running.cli("reload"))
     result = running.cli("start-all")
     assert result.returncode == 1, result
     assert "zinit: start-all: 'nobin' did not start: spawn failed: executable" in result.stderr
-    started = result.stdout.strip().removeprefix("started: ").split(", ")
-    assert started == ["idle", "job", "sleeper"], result.stdout
+    assert "zinit: start-all: 'orphan' did not start: requires 'undefined'" in result.stderr
+    started, *rest = result.stdout.strip().splitlines()
+    assert started == "started: idle, job, sleeper", result.stdout
+    assert rest == ["rival: not started: conflicts with 'idle', which is starting with it"]
+    running.service("rival", "sleep 1000", service='status = "stop"\n')  # no conflict now
+    running.service("orphan", "sleep 1000", service='status = "stop"\n')
+    ok(running.cli("reload"))
     assert running.cli("--json", "start-all").returncode == 1
     running.wait_state("idle", "Running")
     ok(running.cli("stop", "idle"))
     stopped = as_json(running.cli("--json", "stop-all"))["stopped"]
-    assert stopped == ["job", "sleeper"], stopped  # idle was at rest, nobin failed for good
+    # idle was at rest, nobin failed for good; the others run since the second start-all.
+    assert stopped == ["job", "orphan", "rival", "sleeper"], stopped
 
 
 def test_a_query_to_a_stopped_daemon_gives_up_and_says_so(running):
