@@ -6150,6 +6150,8 @@ class Supervisor:
         found = _file_identity(config.path)
         if found == self.loaded_files.get(name):
             return None
+        if found is None and not os.path.isdir(os.path.dirname(config.path)):
+            return "its config directory is gone: a reload is refused until it is back"
         if found is None:
             return "its file is gone: `zinit reload` removes the unit"
         return "its file changed since it was loaded: `zinit reload` applies it"
@@ -6673,15 +6675,26 @@ class Supervisor:
         """Refuse a reload that would remove units because their directory is gone (a
         mount missing, a deploy swapping directories): their files were not deleted."""
         for directory, _ in self.directories:
-            if os.path.isdir(directory):
+            try:
+                os.listdir(directory)
                 continue
+            except FileNotFoundError:
+                problem = "does not exist"
+            except NotADirectoryError:
+                problem = "is not a directory"
+            except OSError as error:
+                problem = f"cannot be listed ({error.strerror})"
             inside = directory.rstrip(os.sep) + os.sep
             configs = [*self.configs.values(), *self.proxy_configs.values()]
             if any(config.path.startswith(inside) for config in configs):
-                problem = "is not a directory" if os.path.exists(directory) else "does not exist"
+                how = (
+                    "; to remove them, make it again (empty) and reload"
+                    if "exist" in problem
+                    else ""
+                )
                 raise ZinitError(
-                    f"config directory {directory} {problem}: nothing reloaded (its units "
-                    "keep running; delete their files to remove them)"
+                    f"config directory {directory} {problem}: nothing reloaded "
+                    f"(its units keep running{how})"
                 )
         if self.dir_locks is not None:
             self.dir_locks.take(self.directories)  # one made since the daemon started

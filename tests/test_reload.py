@@ -472,12 +472,24 @@ def test_reload_refuses_when_the_config_dir_is_gone(daemon):
     assert f"config directory {daemon.config_dir} does not exist: nothing reloaded" in (
         result.stderr
     ), result.stderr
+    assert "(its units keep running; to remove them, make it again (empty) and reload)" in (
+        result.stderr
+    )
     assert daemon.status("a")["pid"] == pid
+    assert daemon.status("a")["warnings"] == [
+        "its config directory is gone: a reload is refused until it is back"
+    ]
     os.kill(daemon.proc.pid, signal.SIGHUP)  # the same, logged, when the reload is a signal's
     wait_until(lambda: "reload on SIGHUP: config directory" in daemon.log(), what="the error")
     assert daemon.status("a")["pid"] == pid
     moved.rename(daemon.config_dir)
     assert daemon.call("reload")["unchanged"] == ["a"]
+    daemon.config_dir.rename(moved)  # a file where the directory was: the same refusal
+    daemon.config_dir.write_text("")
+    result = daemon.cli("reload")
+    assert result.returncode == 1, result
+    assert "is not a directory: nothing reloaded (its units keep running)" in result.stderr
+    assert daemon.status("a")["pid"] == pid
 
 
 def test_status_warns_of_a_file_changed_since_it_was_loaded(daemon):
