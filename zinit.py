@@ -3048,6 +3048,16 @@ def _command_word(argv: list[str]) -> str | None:
     return None
 
 
+def _signal_as_operand(argv: list[str]) -> list[str]:
+    """``kill NAME -KILL`` as kill(1) writes it: argparse would take -KILL for an option."""
+    for index, word in enumerate(argv):
+        if word == "--":
+            break
+        if re.fullmatch(r"-(?:SIG)?RT(?:MIN|MAX)(?:[+-]\d+)?|-(?!h$)[A-Za-z][A-Za-z0-9]*", word):
+            return [*argv[:index], "--", *argv[index:]]
+    return argv
+
+
 def _help_formatter(prog: str) -> argparse.HelpFormatter:
     """argparse's formatter, which would import shutil to ask for the width, even
     when no help is printed."""
@@ -3224,7 +3234,10 @@ def _cli_parser(only: str | None = None) -> tuple[argparse.ArgumentParser, bool]
 
 def cli_main(argv: list[str]) -> int:
     """Run one CLI command; return the exit code (0, 1, 2 or 3)."""
-    parser, found = _cli_parser(_command_word(argv))
+    command = _command_word(argv)
+    if command == "kill":
+        argv = _signal_as_operand(argv)
+    parser, found = _cli_parser(command)
     if not found:
         parser, _ = _cli_parser()
     args = parser.parse_args(argv)

@@ -280,6 +280,17 @@ def test_kill(running):
     new_pid = running.wait_state("sleeper", "Running")["pid"]  # restart = always
     ok(running.cli("kill", "sleeper"))  # SIGTERM by default
     wait_until(lambda: not pid_alive(new_pid), timeout=10, what="sleeper to die of SIGTERM")
+    for spelling, signum in (("-KILL", signal.SIGKILL), ("-RTMIN+3", signal.SIGRTMIN + 3)):
+        unit = wait_until(
+            lambda: (u := running.status("sleeper"))["state"] == "Running" and u["pid"] and u,
+            what="sleeper running again",
+        )
+        ok(running.cli("kill", "sleeper", spelling))  # as kill(1) writes it
+        wait_until(
+            lambda signum=signum: running.status("sleeper")["exit_code"] == -signum,
+            what=f"{spelling} seen",
+        )
+        assert not pid_alive(unit["pid"])
 
 
 def test_logs(running):
