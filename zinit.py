@@ -2854,12 +2854,13 @@ def validate_directory(
                 issue = at(config, f"dependencies.{kind}", f"{dep!r} is not defined")
                 (problems if kind == "requires" else warnings).append((name, issue))
     for name, config in sorted(units.items()):
+        for dep in sorted(set(config.requires)):
+            other = units.get(dep)
+            if dep in config.conflicts or (other is not None and name in other.conflicts):
+                reason = f"requires {dep!r}, which it conflicts with: it can never start"
+                warnings.append((name, at(config, "dependencies.requires", reason)))
         if config.is_target:
             continue
-        for kind in ("requires", "wants"):
-            for dep in sorted(set(getattr(config, kind)) & set(config.conflicts)):
-                reason = f"{kind} {dep!r} and conflicts with it: it can never start"
-                warnings.append((name, at(config, f"dependencies.{kind}", reason)))
         program_depends_on_dir = "/" in config.argv[0] and not config.argv[0].startswith("/")
         if config.dir is not None and not os.path.isdir(config.dir):
             reason = f"working directory {config.dir!r} does not exist here"

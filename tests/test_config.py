@@ -857,6 +857,16 @@ def test_validate_warns_of_an_unknown_user_a_hopeless_unit_and_checks_one_file(t
     (tmp_path / "both.toml").write_text(
         '[service]\nexec = "sleep 1"\n[dependencies]\nrequires = ["who"]\nconflicts = ["who"]\n'
     )
+    # Declared on the other side, or by a target: as hopeless; wanting it is fine (it yields).
+    (tmp_path / "jealous.toml").write_text(
+        '[service]\nexec = "sleep 1"\n[dependencies]\nconflicts = ["stack"]\n'
+    )
+    (tmp_path / "stack.toml").write_text(
+        '[target]\n[dependencies]\nrequires = ["jealous"]\nwants = ["both"]\n'
+    )
+    (tmp_path / "easy.toml").write_text(
+        '[service]\nexec = "sleep 1"\n[dependencies]\nwants = ["who"]\nconflicts = ["who"]\n'
+    )
     (tmp_path / "gone.toml").write_text(
         '[service]\nexec = "/nonexistent/prog"\ndir = "/nonexistent"\n'
     )
@@ -865,11 +875,15 @@ def test_validate_warns_of_an_unknown_user_a_hopeless_unit_and_checks_one_file(t
     warnings = [line.removeprefix(f"warning: {tmp_path}/") for line in result.stdout.splitlines()]
     assert warnings[:-1] == [
         (
-            "both.toml:4:12: dependencies.requires: requires 'who' and conflicts with it: "
+            "both.toml:4:12: dependencies.requires: requires 'who', which it conflicts with: "
             "it can never start"
         ),
         "gone.toml:3:7: service.dir: working directory '/nonexistent' does not exist here",
         "gone.toml:2:8: service.exec: '/nonexistent/prog' does not exist here",
+        (
+            "stack.toml:3:12: dependencies.requires: requires 'jealous', which it conflicts "
+            "with: it can never start"
+        ),
         "who.toml:3:8: service.user: user 'zinit-nobody-here' does not exist here",
         "who.toml:4:9: service.group: group 'zinit-no-group' does not exist here",
     ], result.stdout
