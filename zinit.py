@@ -1079,11 +1079,7 @@ def _parse_unit_text(text: str, path: str, name: str) -> UnitConfig | XinetConfi
             message = message.removesuffix(" (at end of document)")
         message = message[:1].lower() + message[1:]
         # tomllib names a table as a Python tuple: ('service',) is [service] to a reader.
-        message = re.sub(
-            r"\(((?:'[^']*',?\s*)+)\)",
-            lambda found: "[" + ".".join(re.findall(r"'([^']*)'", found[1])) + "]",
-            message,
-        )
+        message = re.sub(r"\((?:(?:'[^']*'|\"[^\"]*\"),?\s*)+\)", _toml_table_name, message)
         raise ConfigError(path, f"TOML syntax error: {message}", line=line, col=col) from None
     except RecursionError:  # tomllib recurses once per level of nested arrays or tables
         raise ConfigError(path, "TOML nested too deeply to read") from None
@@ -1107,6 +1103,18 @@ def _declared_name(text: str) -> str:
         "add-service needs the unit's name: pass one (--name), set [service].name (or "
         "[target].name), or add a file named <name>.toml"
     )
+
+
+def _toml_table_name(found: re.Match[str]) -> str:
+    """A table's key tuple, as tomllib prints it, written as TOML: [a."b.c"]."""
+    import ast
+
+    try:
+        keys = ast.literal_eval(found[0])
+    except (ValueError, SyntaxError):
+        return found[0]
+    bare = r"[A-Za-z0-9_-]+"
+    return "[" + ".".join(k if re.fullmatch(bare, k) else json.dumps(k) for k in keys) + "]"
 
 
 def load_unit_file(path: str, *, unit_class: str | None = None) -> UnitConfig | XinetConfig:

@@ -237,6 +237,14 @@ ERRORS = [
         "web.toml:3:9: TOML syntax error: cannot declare [service] twice",
     ),
     (
+        "TOML syntax error: a quoted table name keeps its quotes",
+        """
+        [service.env."it's.here"]
+        [service.env."it's.here"]
+        """,
+        """web.toml:2:25: TOML syntax error: cannot declare [service.env."it's.here"] twice""",
+    ),
+    (
         "unknown table",
         """
         [service]
