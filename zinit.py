@@ -4623,7 +4623,7 @@ class _Cgroups:
                 ", ".join(d for d, pids in stale.items() if pids),
             )
             for signum in (signal.SIGTERM, signal.SIGKILL):
-                _kill_pids(left, signum)
+                _stop_signal(functools.partial(_kill_pids, left), signum)
                 if _Cgroups._wait_emptied(list(stale), _ORPHAN_STOP_S):
                     break
                 left = [pid for d in stale for pid in _Cgroups.pids(d)]
@@ -6861,7 +6861,7 @@ class Supervisor:
         for signum, limit_s in ((signal.SIGTERM, _ORPHAN_STOP_S), (signal.SIGKILL, 30.0)):
             for process in strays:
                 try:
-                    process.send_signal(signum)  # psutil checks the pid is still that process
+                    _stop_signal(process.send_signal, signum)  # psutil checks the pid is ours
                 except psutil.Error:
                     pass
             deadline = self.clock() + limit_s
@@ -7957,7 +7957,15 @@ class _RpcServer:
         def follow() -> None:
             # Subscribe here, not in the handler: a client gone before this
             # greenlet runs must leave no subscription behind.
-            backlog = self.supervisor.logs(name, 10 if lines is None else lines)
+            try:
+                backlog = self.supervisor.logs(name, 10 if lines is None else lines)
+            except UnitNotFound:  # removed since the request was checked
+                end = {"unit": name, "reason": "removed"}
+                try:
+                    connection.send({"jsonrpc": "2.0", "method": "log.end", "params": end})
+                except OSError:
+                    pass
+                return
             queue = self.supervisor.subscribe_logs(name)
             try:
                 for entry in backlog:
@@ -8163,7 +8171,8 @@ def _bind_params(method: _Method, params: Any) -> dict[str, Any]:
         item_type = spec.schema.get("items", {}).get("type")
         if isinstance(value, list) and item_type is not None:
             for item in value:
-                if not isinstance(item, _JSON_TYPES[item_type]) or isinstance(item, bool):
+                wrong = isinstance(item, bool) and item_type != "boolean"
+                if wrong or not isinstance(item, _JSON_TYPES[item_type]):
                     raise UsageError(
                         f"{method.name}: {spec.name} must hold {item_type}s, got {item!r}"
                     )
@@ -8416,6 +8425,8 @@ def _serve(
             server.reload()
         except ZinitError as error:
             _log().error("reload on SIGHUP: %s", error)
+        except Exception:  # noqa: BLE001 - a bug, logged as one; the daemon serves on
+            _log().exception("reload on SIGHUP failed")
 
     gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(reload_on_sighup))
     _log().info(
