@@ -2877,11 +2877,8 @@ def validate_directory(
                 warnings.append((name, at(config, "service.exec", missing)))
         elif (missing := _missing_program(config)) is not None:
             warnings.append((name, at(config, "service.exec", missing)))
-        for key, value, exists in (
-            ("user", config.user, _user_exists),
-            ("group", config.group, _group_exists),
-        ):
-            if value and not value.isdigit() and not exists(value):
+        for key, value in (("user", config.user), ("group", config.group)):
+            if value and not value.isdigit() and not _account_exists(key, value):
                 reason = f"{key} {value!r} does not exist here"
                 warnings.append((name, at(config, f"service.{key}", reason)))
     for name, proxy in sorted(proxies.items()):
@@ -2892,21 +2889,13 @@ def validate_directory(
     return problems, warnings, units
 
 
-def _user_exists(name: str) -> bool:
+def _account_exists(kind: str, name: str) -> bool:
+    """Whether the user (or group, as ``kind`` says) is known here."""
+    import grp
     import pwd
 
     try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
-
-
-def _group_exists(name: str) -> bool:
-    import grp
-
-    try:
-        grp.getgrnam(name)
+        (pwd.getpwnam if kind == "user" else grp.getgrnam)(name)
     except KeyError:
         return False
     return True

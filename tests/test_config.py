@@ -859,25 +859,18 @@ def test_validate_warns_of_a_program_or_directory_missing_here(tmp_path):
 def test_validate_warns_of_an_unknown_user_a_hopeless_unit_and_checks_one_file(tmp_path):
     """Unknown user or group, requires-and-conflicts, a missing program behind a missing dir;
     and a single file, checked with its directory (where what it requires lives)."""
-    (tmp_path / "who.toml").write_text(
-        '[service]\nexec = "sleep 1"\nuser = "zinit-nobody-here"\ngroup = "zinit-no-group"\n'
-    )
-    (tmp_path / "both.toml").write_text(
-        '[service]\nexec = "sleep 1"\n[dependencies]\nrequires = ["who"]\nconflicts = ["who"]\n'
-    )
-    # Declared on the other side, or by a target: as hopeless; wanting it is fine (it yields).
-    (tmp_path / "jealous.toml").write_text(
-        '[service]\nexec = "sleep 1"\n[dependencies]\nconflicts = ["stack"]\n'
-    )
-    (tmp_path / "stack.toml").write_text(
-        '[target]\n[dependencies]\nrequires = ["jealous"]\nwants = ["both"]\n'
-    )
-    (tmp_path / "easy.toml").write_text(
-        '[service]\nexec = "sleep 1"\n[dependencies]\nwants = ["who"]\nconflicts = ["who"]\n'
-    )
-    (tmp_path / "gone.toml").write_text(
-        '[service]\nexec = "/nonexistent/prog"\ndir = "/nonexistent"\n'
-    )
+    deps = '[service]\nexec = "sleep 1"\n[dependencies]\n'
+    units = {
+        "who": '[service]\nexec = "sleep 1"\nuser = "zinit-nobody-here"\ngroup = "zinit-no-group"\n',
+        "both": deps + 'requires = ["who"]\nconflicts = ["who"]\n',
+        # Declared on the other side, or by a target: as hopeless; wanting it is fine.
+        "jealous": deps + 'conflicts = ["stack"]\n',
+        "stack": '[target]\n[dependencies]\nrequires = ["jealous"]\nwants = ["both"]\n',
+        "easy": deps + 'wants = ["who"]\nconflicts = ["who"]\n',
+        "gone": '[service]\nexec = "/nonexistent/prog"\ndir = "/nonexistent"\n',
+    }
+    for name, text in units.items():
+        (tmp_path / f"{name}.toml").write_text(text)
     result = _validate(tmp_path)
     assert result.returncode == 0, result
     warnings = [line.removeprefix(f"warning: {tmp_path}/") for line in result.stdout.splitlines()]
