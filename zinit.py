@@ -6534,8 +6534,7 @@ class Supervisor:
     def stop_all(self) -> list[str]:
         """Stop every user-class unit; the ones there was something to stop."""
         names = [n for n, c in self.configs.items() if c.unit_class == "user"]
-        busy = [n for n in names if self.units[n].wanted or self.units[n].state not in AT_REST]
-        busy += [n for n in names if self.units[n].is_on() and n not in busy]
+        busy = [n for n in names if self.units[n].is_on()]
         self.stop_units(names, "stopped by stop-all")
         return sorted(busy)
 
