@@ -948,6 +948,10 @@ def parse_address(text: str) -> tuple[str, Any]:
     if not isinstance(text, str):
         # ValueError, not TypeError: one error type for every bad value.
         raise ValueError(f"expected an address string, got {text!r}")  # noqa: TRY004
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no file name or host can hold it
+        raise ValueError(f"expected an address, got {text!r}") from None
     if text.startswith("unix:"):
         path = text[len("unix:") :]
         if not path.startswith("/") or "\0" in path:
@@ -1049,11 +1053,18 @@ def parse_unit_text(text: str, path: str, name: str) -> UnitConfig | XinetConfig
     or ``[target]`` (a unit file with a stray table stays a unit's).
     """
     try:
-        return _parse_unit_text(text, path, name)
+        try:
+            return _parse_unit_text(text, path, name)
+        except (ValueError, UnicodeError) as error:  # past every check: still one file's problem
+            raise ConfigError(path, f"cannot be read as a unit: {error}") from None
     except ConfigError as error:
         headers = re.findall(r"^\s*\[\s*(xinet|service|target)\s*\]", text, re.MULTILINE)
         error.in_proxy_file = "xinet" in headers and not {"service", "target"} & set(headers)
         raise
+
+
+#: Parts of a dotted key or table name (``a.b.c`` has 3); unit files use 3 at most.
+_MAX_KEY_PARTS = 64
 
 
 def _parse_unit_text(text: str, path: str, name: str) -> UnitConfig | XinetConfig:
@@ -1063,6 +1074,10 @@ def _parse_unit_text(text: str, path: str, name: str) -> UnitConfig | XinetConfi
         raise ConfigError(
             path, f"{name!r} is not a unit name (letters, digits, '_.@-', up to 64 characters)"
         )
+    # tomllib takes time quadratic in a dotted key's length: a 40 KB one took 8 s.
+    part = r"""(?:[\w-]+|"[^"\n]*"|'[^'\n]*')\s*\.\s*"""
+    if re.search(rf"^\s*\[*\s*(?:{part}){{{_MAX_KEY_PARTS}}}", text, re.MULTILINE):
+        raise ConfigError(path, f"a dotted key or table name has over {_MAX_KEY_PARTS} parts")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
@@ -1125,8 +1140,15 @@ def load_unit_file(path: str, *, unit_class: str | None = None) -> UnitConfig | 
     """
     name = os.path.basename(path).removesuffix(".toml")
     try:
-        with open(path, "rb") as stream:
-            raw = stream.read(MAX_UNIT_FILE_BYTES + 1)
+        # Non-blocking, and regular files only: a FIFO or a kernel pipe file
+        # (tracefs) would hold the daemon in read() for good.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ConfigError(path, "not a regular file")
+            raw = os.read(fd, MAX_UNIT_FILE_BYTES + 1)
+        finally:
+            os.close(fd)
     except OSError as error:
         raise ConfigError(path, f"cannot read ({error.strerror})") from None
     if len(raw) > MAX_UNIT_FILE_BYTES:
@@ -6953,15 +6975,22 @@ def _listen_socket(address: str) -> socket.socket:
         if os.path.lexists(where):
             if not stat.S_ISSOCK(os.lstat(where).st_mode):
                 raise ZinitError(f"{where} exists and is not a socket; refusing to replace it")
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            # Non-blocking: a listener that does not accept (a full queue) must
+            # not hold the daemon, and counts as one.
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
             try:
                 probe.connect(where)
+            except BlockingIOError:
+                in_use = True
             except OSError:
+                in_use = False
                 os.unlink(where)  # stale: nobody listens there any more
             else:
-                raise ZinitError(f"{where} is in use by another listener")
+                in_use = True
             finally:
                 probe.close()
+            if in_use:
+                raise ZinitError(f"{where} is in use by another listener")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind(where)
@@ -6976,8 +7005,9 @@ def _listen_socket(address: str) -> socket.socket:
             family, _, _, _, sockaddr = socket.getaddrinfo(
                 host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
             )[0]
-        except OSError as error:
-            raise ZinitError(f"cannot resolve {address}: {error.strerror or error}") from None
+        except (OSError, UnicodeError) as error:  # IDNA refuses some names ("a..b")
+            reason = getattr(error, "strerror", None) or error
+            raise ZinitError(f"cannot resolve {address}: {reason}") from None
         listener = socket.socket(family, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -7080,8 +7110,9 @@ def _resolve(address: str) -> tuple[int, Any]:
         return socket.AF_UNIX, where
     try:
         family, _, _, _, sockaddr = socket.getaddrinfo(*where, type=socket.SOCK_STREAM)[0]
-    except OSError as error:
-        raise ZinitError(f"cannot resolve {address}: {error.strerror or error}") from None
+    except (OSError, UnicodeError) as error:  # IDNA refuses some names ("a..b")
+        reason = getattr(error, "strerror", None) or error
+        raise ZinitError(f"cannot resolve {address}: {reason}") from None
     return family, sockaddr
 
 

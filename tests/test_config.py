@@ -4,6 +4,7 @@ Every message reads ``file:line:col: key: reason`` (STYLE: ``where: what (why)``
 """
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -588,6 +589,23 @@ def test_signals_that_are_not(spelling, why):
 
 
 # -- directories -------------------------------------------------------------
+
+
+def test_files_that_would_crash_or_hang_a_reader_are_one_error_each(tmp_path):
+    """A 5,000-digit number, a key of 70 dotted parts (tomllib is quadratic in them) and
+    a FIFO: each is its file's error; the good file loads."""
+    (tmp_path / "good.toml").write_text('[service]\nexec = "sleep 1"\n')
+    (tmp_path / "digits.toml").write_text(
+        '[service]\nexec = "sleep 1"\n[lifecycle]\nstop_timeout_ms = ' + "9" * 5000 + "\n"
+    )
+    (tmp_path / "dots.toml").write_text("a" + ".a" * 70 + " = 1\n")
+    os.mkfifo(tmp_path / "fifo.toml")
+    units, proxies, errors, proxy_errors = zinit.load_config_dirs([(str(tmp_path), None)])
+    assert list(units) == ["good"] and proxies == {}
+    assert set(errors) | set(proxy_errors) == {"digits", "dots", "fifo"}
+    assert "cannot be read as a unit: Exceeds the limit" in str(errors["digits"])
+    assert "a dotted key or table name has over 64 parts" in str(errors["dots"])
+    assert "fifo.toml: not a regular file" in str(errors["fifo"])
 
 
 def test_one_bad_file_never_stops_the_rest(tmp_path):

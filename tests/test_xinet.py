@@ -907,6 +907,30 @@ def test_broken_proxy_file_keeps_the_old_proxy_on_reload(daemon):
     assert round_trip(listen, b"still") == b"still"
 
 
+def test_a_host_name_the_resolver_refuses_is_the_proxys_error_not_the_daemons(daemon):
+    """IDNA refuses "a..b" with a UnicodeError: the proxy says so; the daemon boots."""
+    back = tcp()
+    backend(daemon, "echo", "echo", back)
+    daemon.write(
+        "bad", '[xinet]\nlisten = "tcp:a..b:80"\nbackend = "127.0.0.1:1"\nservice = "echo"\n'
+    )
+    daemon.start()
+    assert daemon.status("echo")["state"] in ("Inactive", "Running")
+    result = daemon.cli("reload")
+    assert "cannot resolve tcp:a..b:80" in result.stdout + result.stderr, result
+    listen = tcp()  # a backend is resolved per client: the client is closed, saying why
+    ok = daemon.cli("xinet", "set", "other", "--listen", listen, "--backend", "tcp:a..b:80",
+                    "--service", "echo")  # fmt: skip
+    assert ok.returncode == 0, ok
+    host, port = listen.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as client:
+        client.settimeout(30)
+        assert client.recv(1) == b""
+    wait_until(
+        lambda: "cannot resolve tcp:a..b:80" in (xstatus(daemon, "other")["last_error"] or "")
+    )
+
+
 def test_json_output_of_list_and_status(daemon, tmp_path):
     """`--json` on xinet list and status prints the status objects with every key."""
     back, listen = tcp(), f"unix:{tmp_path}/px.sock"
