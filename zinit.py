@@ -7912,7 +7912,15 @@ class _RpcServer:
             return _error_reply(request_id, INTERNAL_ERROR, f"internal error: {error!r}"), None
         if isinstance(result, _Stream):
             connection.streams_asked += 1
-            return {"jsonrpc": "2.0", "id": request_id, "result": result.result}, result.follow
+            follow = result.follow
+
+            def counted() -> None:
+                try:
+                    follow()
+                finally:  # an ended stream (log.end) frees its place
+                    connection.streams_asked -= 1
+
+            return {"jsonrpc": "2.0", "id": request_id, "result": result.result}, counted
         return {"jsonrpc": "2.0", "id": request_id, "result": result}, None
 
     # -- handlers: one per entry of _METHODS --------------------------------
@@ -8718,15 +8726,25 @@ class _Pid1:
             _pid1_say(f"exiting with status {code}")
             return code
         action = self.action or "poweroff"
+        if os.getpid() != 1:
+            # Not the machine's init (a terminal, a container without --container):
+            # reboot(2) would take the host down, or fail and leave this halted.
+            _pid1_say(f"not PID 1: no {action}; exiting with status {code}")
+            return code
         os.sync()
         if os.environ.get("ZINIT_PID1_DRY_RUN"):
             _pid1_say(f"would {action} now (ZINIT_PID1_DRY_RUN is set)")
             return 0
         import ctypes
+        import errno
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.reboot(_RB_AUTOBOOT if action == "reboot" else _RB_POWER_OFF)
-        _pid1_say(f"reboot(2) failed: {os.strerror(ctypes.get_errno())}; halting here")
+        error = ctypes.get_errno()
+        if error == errno.EPERM:  # PID 1 of a namespace without CAP_SYS_BOOT: a container
+            _pid1_say(f"reboot(2) not permitted here; exiting with status {code}")
+            return code
+        _pid1_say(f"reboot(2) failed: {os.strerror(error)}; halting here")
         while True:  # PID 1 must never exit: the kernel would panic
             signal.sigwaitinfo(_PID1_SIGNALS)
             self.reap()

@@ -45,7 +45,14 @@ pytestmark = pytest.mark.skipif(_unshare_works() is not None, reason=str(_unshar
 class Shim:
     """zinit-pid1 running as PID 1 of a fresh PID namespace."""
 
-    def __init__(self, base: pathlib.Path, *, container: bool = True, env: dict | None = None):
+    def __init__(
+        self,
+        base: pathlib.Path,
+        *,
+        container: bool = True,
+        env: dict | None = None,
+        namespace: bool = True,
+    ):
         self.base = base
         self.services = base / "services"
         self.system = base / "system"
@@ -54,6 +61,7 @@ class Shim:
         self.socket = str(base / "zinit.sock")
         self.output = base / "shim.log"
         self.container = container
+        self.namespace = namespace  # False: an ordinary child of the test, not a PID 1
         self.env = dict(os.environ, ZINIT_LOG_LEVEL="debug", **(env or {}))
         self.proc: subprocess.Popen | None = None
 
@@ -61,11 +69,8 @@ class Shim:
         (directory / f"{name}.toml").write_text(textwrap.dedent(text))
 
     def start(self, *, until_it_answers: bool = True) -> None:
-        argv = [
-            "unshare",
-            "--pid",
-            "--fork",
-            "--mount-proc",
+        argv = ["unshare", "--pid", "--fork", "--mount-proc"] if self.namespace else []
+        argv += [
             PYTHON,
             ZINIT_PY,
             "pid1",
@@ -295,6 +300,21 @@ def test_issue_4_vm_mode_shuts_down_then_names_the_action(shim, signum, action):
     assert log.index("userd: Stopping -> Exited") < log.index("sysd: Running -> Stopping")
     assert f"would {action} now" in log
     assert f"shutting down (shutdown on {signal.Signals(signum).name})" in log
+
+
+def test_vm_mode_not_run_as_pid_1_never_reboots(shim):
+    """zinit-pid1 tried from a terminal (not PID 1, no --container): SIGTERM stops the units
+    and exits; it never calls reboot(2) on the host.  The dry-run switch is only a safety
+    net here: the refusal comes before it."""
+    instance = shim(container=False, namespace=False, env={"ZINIT_PID1_DRY_RUN": "1"})
+    instance.write(instance.services, "userd", '[service]\nexec = "sleep 1000"\n')
+    instance.start()
+    wait_until(lambda: _states(instance) == {"userd": "Running"})
+    instance.proc.send_signal(signal.SIGTERM)
+    assert instance.wait(60) == 0
+    log = instance.log()
+    assert "not PID 1: no poweroff; exiting with status 0" in log, log
+    assert "would poweroff" not in log
 
 
 def test_issue_4_poweroff_command_reaches_the_shim(shim):
