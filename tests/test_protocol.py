@@ -302,6 +302,29 @@ def test_streams_one_connection_may_open_are_bounded(wire, daemon):
             other.close()
 
 
+def test_a_stream_that_ended_frees_its_place(wire, daemon):
+    """Streams of a unit that was removed end (log.end) and no longer count."""
+    limit = zinit.MAX_STREAMS_PER_CONNECTION
+    batch = [
+        {"jsonrpc": "2.0", "id": i, "method": "logs.follow", "params": {"name": "sleeper"}}
+        for i in range(limit)
+    ]
+    wire.send(json.dumps(batch))
+    assert all("result" in reply for reply in wire.read())
+    assert daemon.cli("remove-service", "sleeper").returncode == 0
+    ends = 0
+    while ends < limit:
+        message = wire.read()
+        ends += message.get("method") == "log.end"
+    daemon.service("sleeper", "sleep 1000")
+    assert daemon.call("reload")["added"] == ["sleeper"]
+    wire.send(json.dumps(batch[0]))
+    reply = wire.read()
+    while "id" not in reply:  # the new stream's first lines may come first
+        reply = wire.read()
+    assert "result" in reply, reply
+
+
 @pytest.mark.parametrize(
     ("raw_id", "why"),
     [("1.5", "1.5 (a number with a fraction part)"), ('{"a": 1}', "{'a': 1} (an object)")],
