@@ -380,9 +380,11 @@ def parse_signal(value: str | int) -> int:
     else:
         # kill(1)'s spellings too: -9, -KILL, and the realtime RTMIN+3 or RTMAX-1.
         text = str(value).strip().removeprefix("-")
-        upper = text.upper().removeprefix("SIG")
-        realtime = re.fullmatch(r"RT(MIN|MAX)(?:([+-])(\d+))?", upper)
-        if text.isdigit():
+        upper = text.upper().removeprefix("SIG") if text.isascii() else ""  # no 'ſIGTERM'
+        realtime = re.fullmatch(r"RT(MIN|MAX)(?:([+-])(\d{1,3}))?", upper)
+        if _is_decimal(text):
+            if len(text) > 5:
+                raise ValueError(f"no such signal number {text[:8]}...")
             number = int(text)
         elif realtime and hasattr(signal, "SIGRTMIN"):
             base = signal.SIGRTMIN if realtime[1] == "MIN" else signal.SIGRTMAX
@@ -400,6 +402,11 @@ def parse_signal(value: str | int) -> int:
     if number not in signal.valid_signals():
         raise ValueError(f"no such signal number {number}")
     return number
+
+
+def _is_decimal(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes '²' and '١٢٣', which int() reads or not."""
+    return text.isascii() and text.isdigit()
 
 
 def signal_name(number: int) -> str:
@@ -2900,7 +2907,7 @@ def validate_directory(
         elif (missing := _missing_program(config)) is not None:
             warnings.append((name, at(config, "service.exec", missing)))
         for key, value in (("user", config.user), ("group", config.group)):
-            if value and not value.isdigit() and not _account_exists(key, value):
+            if value and not _is_decimal(value) and not _account_exists(key, value):
                 reason = f"{key} {value!r} does not exist here"
                 warnings.append((name, at(config, f"service.{key}", reason)))
     for name, proxy in sorted(proxies.items()):
@@ -4536,6 +4543,17 @@ def _slow_cgroup_mount(directory: str) -> str | None:
     return None if "favordynmods" in options else point
 
 
+def _delete_unit_file(path: str) -> None:
+    """Delete a unit's file; one that cannot go (now a directory, say) is logged, and the
+    unit is forgotten all the same (the next reload reports what the path holds)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        _log().warning("cannot delete %s: %s", path, error.strerror)
+
+
 def _file_identity(path: str) -> tuple[int, int, int] | None:
     """(inode, size, mtime in ns) of a file, or None if it cannot be read."""
     try:
@@ -4800,14 +4818,14 @@ def _credentials(config: UnitConfig, env: dict[str, str]) -> dict[str, Any]:
         try:
             gid = grp.getgrnam(config.group).gr_gid
         except KeyError:
-            if not config.group.isdigit():
+            if not _is_decimal(config.group):
                 raise _SpawnError(f"group {config.group!r} does not exist") from None
             gid = _numeric_id(config.group, "group")  # a bare gid needs no group entry
     if config.user:
         try:
             account = pwd.getpwnam(config.user)
         except KeyError:
-            if not config.user.isdigit():
+            if not _is_decimal(config.user):
                 raise _SpawnError(f"user {config.user!r} does not exist") from None
             uid = _numeric_id(config.user, "user")
             try:
@@ -6677,28 +6695,23 @@ class Supervisor:
                     # They stay wanted: Blocked until the unit is added again.
                     self.start_many(orphaned, reason=f"{name!r} was removed")
                 self._notify_all()
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+            _delete_unit_file(path)
         return {"name": name, "path": path, "stopped": stopped}
 
     def delete_all(self, only: list[str] | None = None) -> list[str]:
         """Stop and delete every user-class unit (of those in ``only``, if given)."""
         with self._config_lock:
+            wanted = None if only is None else set(only)
             names = sorted(
                 name
                 for name, config in self.configs.items()
-                if config.unit_class == "user" and (only is None or name in only)
+                if config.unit_class == "user" and (wanted is None or name in wanted)
             )
             self.stop_units(names, "deleted by delete-all")
             for name in names:
                 path = self.configs[name].path
                 self._forget(name)
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
+                _delete_unit_file(path)
             self._rebuild_graph()
             self._notify_all()
         return names
@@ -7768,7 +7781,7 @@ class _RpcServer:
             try:
                 gid = grp.getgrnam(self.group).gr_gid
             except KeyError:
-                if not self.group.isdigit():
+                if not _is_decimal(self.group):
                     raise ZinitError(f"--socket-group: no group named {self.group!r}") from None
                 gid = int(self.group)  # a bare gid, as for a unit's group
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -541,6 +541,20 @@ def test_start_all_names_what_did_not_start_and_stop_all_what_it_stopped(running
     assert stopped == ["job", "orphan", "rival", "sleeper"], stopped
 
 
+def test_delete_all_goes_on_past_a_file_it_cannot_delete(running):
+    """A unit file turned into a directory meanwhile: the others are deleted, the daemon
+    says which it could not, and the command succeeds."""
+    path = running.config_dir / "job.toml"
+    path.unlink()
+    path.mkdir()
+    result = running.cli("delete-all", "--yes")
+    assert result.returncode == 0, result
+    assert result.stdout == "deleted: idle, job, sleeper\n", result.stdout
+    assert running.call("list") == []
+    assert [p.name for p in running.config_dir.iterdir()] == ["job.toml"]  # the directory
+    wait_until(lambda: f"cannot delete {path}: Is a directory" in running.log())
+
+
 def test_a_query_to_a_stopped_daemon_gives_up_and_says_so(running):
     """list, status, check ... wait ZINIT_TIMEOUT seconds (30 by default), then exit 3."""
     command = [PYTHON, ZINIT_PY, "--socket", running.socket, "list"]

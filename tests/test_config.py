@@ -581,6 +581,9 @@ def test_other_signals(spelling, number):
         ("RTMIN+99", "'RTMIN+99' is outside SIGRTMIN..SIGRTMAX"),
         ("99", "no such signal number 99"),
         ("SIGFOO", "expected a signal name or number, got 'SIGFOO'"),
+        ("١٥", "expected a signal name or number, got '١٥'"),  # Arabic-Indic 15
+        ("ſIGTERM", "expected a signal name or number, got 'ſIGTERM'"),  # upper() makes S
+        ("9" * 5000, "no such signal number 99999999..."),
     ],
 )
 def test_signals_that_are_not(spelling, why):
