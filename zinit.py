@@ -2280,8 +2280,8 @@ def _query_timeout(args: argparse.Namespace) -> float | None:
         seconds = float(text) if text else _QUERY_TIMEOUT_S
     except ValueError:
         seconds = -1.0
-    if not 0 < seconds < math.inf:
-        raise UsageError(f"ZINIT_TIMEOUT: expected seconds > 0, got {text!r}")
+    if not 0 < seconds <= _MAX_DURATION_MS / 1000:  # a socket timeout has to fit in time_t
+        raise UsageError(f"ZINIT_TIMEOUT: expected seconds > 0, up to a day, got {text!r}")
     return seconds
 
 
@@ -3076,12 +3076,13 @@ def _command_word(argv: list[str]) -> str | None:
 
 
 def _signal_as_operand(argv: list[str]) -> list[str]:
-    """``kill NAME -KILL`` as kill(1) writes it: argparse would take -KILL for an option."""
+    """``kill NAME -KILL`` as kill(1) writes it: argparse would take -KILL for an option,
+    so it goes on as KILL (which means the same); options may come before or after it."""
     for index, word in enumerate(argv):
         if word == "--":
             break
         if re.fullmatch(r"-(?:SIG)?RT(?:MIN|MAX)(?:[+-]\d+)?|-(?!h$)[A-Za-z][A-Za-z0-9]*", word):
-            return [*argv[:index], "--", *argv[index:]]
+            return [*argv[:index], word[1:], *argv[index + 1 :]]
     return argv
 
 

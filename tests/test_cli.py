@@ -285,7 +285,7 @@ def test_kill(running):
             lambda: (u := running.status("sleeper"))["state"] == "Running" and u["pid"] and u,
             what="sleeper running again",
         )
-        ok(running.cli("kill", "sleeper", spelling))  # as kill(1) writes it
+        ok(running.cli("kill", "sleeper", spelling, "--json"))  # as kill(1) writes it
         wait_until(
             lambda signum=signum: running.status("sleeper")["exit_code"] == -signum,
             what=f"{spelling} seen",
