@@ -2267,7 +2267,7 @@ _QUERIES = frozenset(
 
 
 def _query_timeout(args: argparse.Namespace) -> float | None:
-    """Seconds the command waits for an answer (ZINIT_TIMEOUT overrides), or None."""
+    """Seconds the command waits for its answer (ZINIT_TIMEOUT overrides), or None."""
     if getattr(args, "follow", False):
         return None
     if args.command not in _QUERIES and getattr(args, "xinet_command", None) not in (
@@ -2275,6 +2275,11 @@ def _query_timeout(args: argparse.Namespace) -> float | None:
         "status",
     ):
         return None
+    return _answer_timeout()
+
+
+def _answer_timeout() -> float:
+    """How long a daemon may take to answer a question (ZINIT_TIMEOUT, default 30 s)."""
     text = os.environ.get("ZINIT_TIMEOUT", "")
     try:
         seconds = float(text) if text else _QUERY_TIMEOUT_S
@@ -2286,7 +2291,19 @@ def _query_timeout(args: argparse.Namespace) -> float | None:
 
 
 def _connect(args: argparse.Namespace) -> ZinitClient:
-    return ZinitClient.connect_unix(args.socket, timeout=_query_timeout(args))
+    limit = _query_timeout(args)
+    if limit is not None:
+        return ZinitClient.connect_unix(args.socket, timeout=limit)
+    # A command that may rightly wait long (a stop, a stream) first asks whether the
+    # daemon answers at all: a stopped or hung one is told at once, not never.
+    client = ZinitClient.connect_unix(args.socket, timeout=_answer_timeout())
+    try:
+        client.call("ping")
+    except BaseException:
+        client.close()
+        raise
+    client._sock.settimeout(None)
+    return client
 
 
 def _cmd_list(args: argparse.Namespace, out: _Output) -> int:
@@ -3285,9 +3302,8 @@ def cli_main(argv: list[str]) -> int:
         return 0
     except TimeoutError:
         where = args.socket or default_socket_path()
-        limit = _query_timeout(args)
-        within = f"within {limit:g}s" if limit is not None else "in time"
-        message = f"the daemon at {where} did not answer {within} (stopped, or hung?)"
+        within = f"{_answer_timeout():g}s"
+        message = f"the daemon at {where} did not answer within {within} (stopped, or hung?)"
         print(f"zinit: {message}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:

@@ -556,25 +556,29 @@ def test_delete_all_goes_on_past_a_file_it_cannot_delete(running):
 
 
 def test_a_query_to_a_stopped_daemon_gives_up_and_says_so(running):
-    """list, status, check ... wait ZINIT_TIMEOUT seconds (30 by default), then exit 3."""
-    command = [PYTHON, ZINIT_PY, "--socket", running.socket, "list"]
+    """list, status, check ... wait ZINIT_TIMEOUT seconds (30 by default), then exit 3; a
+    command that may wait long (stop) first asks whether the daemon answers at all."""
 
-    def run(timeout: str) -> subprocess.CompletedProcess:
+    def run(timeout: str, *words: str) -> subprocess.CompletedProcess:
         env = dict(os.environ, ZINIT_TIMEOUT=timeout)
         return subprocess.run(
-            command, env=env, check=False, capture_output=True, text=True, timeout=60
-        )
+            [PYTHON, ZINIT_PY, "--socket", running.socket, *words],
+            env=env, check=False, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
 
     os.kill(running.proc.pid, signal.SIGSTOP)
     try:
-        result = run("1")
+        answers = [run("1", "list"), run("1", "stop", "sleeper")]
     finally:
         os.kill(running.proc.pid, signal.SIGCONT)
-    assert result.returncode == 3, result
     message = f"zinit: the daemon at {running.socket} did not answer within 1s (stopped, or hung?)"
-    assert message in result.stderr, result.stderr
-    bad = run("soon")
-    assert bad.returncode == 2 and "ZINIT_TIMEOUT: expected seconds > 0, got 'soon'" in bad.stderr
+    for answer in answers:
+        assert answer.returncode == 3, answer
+        assert message in answer.stderr, answer.stderr
+    assert running.status("sleeper")["state"] == "Running"  # the stop was never sent
+    bad = run("soon", "list")
+    assert bad.returncode == 2, bad
+    assert "ZINIT_TIMEOUT: expected seconds > 0, up to a day, got 'soon'" in bad.stderr
     assert "sleeper" in ok(running.cli("list"))
 
 
