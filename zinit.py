@@ -2160,6 +2160,11 @@ class _Output:
         self.stream.write(text + "\n")
         self.stream.flush()
 
+    def safe(self, text: str) -> str:
+        """Text from a service (a reason quoting its output, a name) as a terminal may
+        show it: control characters as \\xNN, so that none drives the terminal."""
+        return text.translate(_terminal_safe()) if self.terminal else text
+
     def state(self, state: str, width: int = 0) -> str:
         text = state.ljust(width)
         if self.colour and state in _STATE_COLOURS:
@@ -2169,6 +2174,7 @@ class _Output:
     def table(
         self, headers: list[str], rows: list[list[str]], state_column: int | None = None
     ) -> None:
+        rows = [[self.safe(cell) for cell in row] for row in rows]
         widths = [
             max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
             for i, h in enumerate(headers)
@@ -2224,15 +2230,13 @@ def _print_event(out: _Output, event: dict[str, Any]) -> None:
         out.stream.write(json.dumps(event, ensure_ascii=False) + "\n")
         out.stream.flush()
         return
+    unit, reason = out.safe(event["unit"]), out.safe(event["reason"])
     if event["from"] == event["to"]:  # the reason changed, the state did not
-        out.line(
-            f"{_format_time(event['time'])} {event['unit']}: {out.state(event['to'])} "
-            f"({event['reason']})"
-        )
+        out.line(f"{_format_time(event['time'])} {unit}: {out.state(event['to'])} ({reason})")
         return
     out.line(
-        f"{_format_time(event['time'])} {event['unit']}: {event['from']} -> "
-        f"{out.state(event['to'])} ({event['reason']})"
+        f"{_format_time(event['time'])} {unit}: {event['from']} -> "
+        f"{out.state(event['to'])} ({reason})"
     )
 
 
@@ -2249,12 +2253,9 @@ def _print_log(out: _Output, entry: dict[str, Any], with_unit: bool) -> None:
         return
     prefix = f"{entry['unit']} " if with_unit else ""
     marker = "!" if entry["stream"] == "stderr" else "|"
-    line = entry["line"]
-    if out.terminal:
-        # A service's output must not drive the operator's terminal (escape
-        # sequences can retitle, recolour or rewrite it): show controls as \xNN.
-        line = line.translate(_terminal_safe())
-    out.line(f"{_format_time(entry['time'])} {prefix}{marker} {line}")
+    # A service's output must not drive the operator's terminal (escape
+    # sequences can retitle, recolour or rewrite it): show controls as \xNN.
+    out.line(f"{_format_time(entry['time'])} {prefix}{marker} {out.safe(entry['line'])}")
 
 
 #: Commands that only read answer at once: past this many seconds the daemon is stuck
@@ -2325,9 +2326,10 @@ def _cmd_status(args: argparse.Namespace, out: _Output) -> int:
     if out.as_json:
         out.json(unit)
         return 0
-    out.line(f"{unit['name']} ({unit['kind']}, class {unit['class']}, status {unit['status']})")
+    name = out.safe(unit["name"])
+    out.line(f"{name} ({unit['kind']}, class {unit['class']}, status {unit['status']})")
     out.line(f"  state:    {out.state(unit['state'])}")
-    out.line(f"  reason:   {unit['reason']}")
+    out.line(f"  reason:   {out.safe(unit['reason'])}")
     out.line(f"  pid:      {unit['pid'] or '-'}")
     out.line(f"  uptime:   {format_duration(unit['uptime_s'])}")
     out.line(f"  restarts: {unit['restarts']}")
@@ -2341,7 +2343,7 @@ def _cmd_status(args: argparse.Namespace, out: _Output) -> int:
         if unit.get(kind):
             out.line(f"  {kind}: {', '.join(unit[kind])}")
     for warning in unit.get("warnings", []):
-        out.line(f"  warning:  {warning}")
+        out.line(f"  warning:  {out.safe(warning)}")
     return 0
 
 
@@ -2564,30 +2566,31 @@ def _cmd_why(args: argparse.Namespace, out: _Output) -> int:
     if out.as_json:
         out.json(why)
         return 0
-    out.line(f"{why['name']} is {out.state(why['state'])}: {why['reason']}")
+    safe = out.safe
+    out.line(f"{safe(why['name'])} is {out.state(why['state'])}: {safe(why['reason'])}")
     if why.get("blocked_by") and why["blocked_by"] != why["reason"]:
-        out.line(f"  blocked by: {why['blocked_by']}")
+        out.line(f"  blocked by: {safe(why['blocked_by'])}")
     if why.get("cycle"):
         out.line(f"  cycle: {why['cycle']}")
     for dep in why.get("dependencies", []):
         state = out.state(dep["state"]) if dep["state"] else "undefined"
-        out.line(f"  {dep['relation']} {dep['name']}: {state} ({dep['reason']})")
+        out.line(f"  {dep['relation']} {dep['name']}: {state} ({safe(dep['reason'])})")
     if why.get("required_by"):
         out.line(f"  required by: {', '.join(why['required_by'])}")
     for warning in why.get("warnings", []):
-        out.line(f"  warning: {warning}")
+        out.line(f"  warning: {safe(warning)}")
     for problem in (why.get("config_error") or {}).get("also", []):
-        out.line(f"    and {problem['message']}")
+        out.line(f"    and {safe(problem['message'])}")
     if why.get("recent_output"):
         out.line("  recent output:")
         for entry in why["recent_output"]:
-            line = entry["line"].translate(_terminal_safe()) if out.terminal else entry["line"]
+            line = safe(entry["line"])
             out.line(f"    {_format_time(entry['time'])} {entry['stream']}: {line}")
     if why.get("history"):
         out.line("  history:")
         for entry in why["history"]:
             when = _format_time(entry["time"])
-            out.line(f"    {when} {entry['from']} -> {entry['to']}: {entry['reason']}")
+            out.line(f"    {when} {entry['from']} -> {entry['to']}: {safe(entry['reason'])}")
     return 0
 
 

@@ -379,6 +379,39 @@ def test_logs_on_a_terminal_show_control_characters_escaped(running):
     assert "| a\x1b]0;owned\x07b" in piped
 
 
+def test_reasons_quoting_a_service_reach_a_terminal_escaped(running):
+    """A health check's reason quotes what the service answered (here an HTTP reason phrase
+    holding an escape sequence): status, why and list show it escaped on a terminal."""
+    import shlex
+    import socket as sockets
+    import textwrap
+
+    with sockets.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = textwrap.dedent(f"""
+        import socket
+        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", {port})); s.listen(8)
+        while True:
+            c, _ = s.accept(); c.recv(4096)
+            c.sendall(b"HTTP/1.0 500 a\\x1b]0;owned\\x07b\\r\\nContent-Length: 0\\r\\n\\r\\n")
+            c.close()
+    """)
+    running.service(
+        "liar", shlex.join([PYTHON, "-c", server]),
+        health=f'type = "http"\nendpoint = "http://127.0.0.1:{port}/"\ninterval_ms = 100\n',
+        lifecycle="start_timeout_ms = 60000\n",
+    )  # fmt: skip
+    ok(running.cli("reload"))
+    wait_until(lambda: "\x1b]0;owned" in running.status("liar")["reason"], what="the reason")
+    for command in (("status", "liar"), ("why", "liar"), ("list",)):
+        output = _on_a_terminal(running, *command)
+        if command != ("list",):  # list cuts the reason to the terminal's width
+            assert b"a\\x1b]0;owned\\x07b" in output, (command, output)
+        assert b"liar" in output and b"\x1b]0" not in output, (command, output)
+
+
 def test_why(running):
     out = ok(running.cli("why", "sleeper"))
     assert out.startswith("sleeper is Running")
