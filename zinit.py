@@ -7550,8 +7550,8 @@ class XinetProxy:
             )
 
 
-def _unloaded_proxy_status(name: str, error: ConfigError) -> dict[str, Any]:
-    """A proxy status row for a file whose error kept it from ever loading."""
+def _unloaded_proxy_status(name: str, path: str, error: str) -> dict[str, Any]:
+    """A proxy status row for a file that never loaded: an error in it, or one installing it."""
     return {
         "name": name,
         "listen": [],
@@ -7569,8 +7569,8 @@ def _unloaded_proxy_status(name: str, error: ConfigError) -> dict[str, Any]:
         "idle_timeout": None,
         "single_connection": False,
         "source": "config",
-        "path": error.path,
-        "error": str(error),
+        "path": path,
+        "error": error,
     }
 
 
@@ -7580,12 +7580,16 @@ class _Xinet:
     def __init__(self, supervisor: Supervisor) -> None:
         self.supervisor = supervisor
         self.proxies: dict[str, XinetProxy] = {}
+        #: Proxy files that parsed but could not be installed (an address taken), and why.
+        self.install_errors: dict[str, tuple[str, str]] = {}
 
     def statuses(self) -> list[dict[str, Any]]:
         """Every proxy's status, and a row for each proxy file that never loaded."""
         rows = {name: proxy.status() for name, proxy in self.proxies.items()}
         for name, error in self.supervisor.proxy_errors.items():
-            rows.setdefault(name, _unloaded_proxy_status(name, error))
+            rows.setdefault(name, _unloaded_proxy_status(name, error.path, str(error)))
+        for name, (path, message) in self.install_errors.items():
+            rows.setdefault(name, _unloaded_proxy_status(name, path, message))
         return [rows[name] for name in sorted(rows)]
 
     def get(self, name: str) -> XinetProxy:
@@ -7593,6 +7597,9 @@ class _Xinet:
             if name in self.supervisor.proxy_errors:
                 error = self.supervisor.proxy_errors[name]
                 raise UnitStateError(f"proxy {name!r} is not loaded: {error}")
+            if name in self.install_errors:
+                path, message = self.install_errors[name]
+                raise UnitStateError(f"proxy {name!r} is not loaded: {path}: {message}")
             raise UnitNotFound(name, "proxy")
         return self.proxies[name]
 
@@ -7646,10 +7653,12 @@ class _Xinet:
         """
         if name not in self.proxies and name in self.supervisor.proxy_errors:
             path = self.supervisor.proxy_errors.pop(name).path
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+            _delete_unit_file(path)
+            return path
+        if name not in self.proxies and name in self.install_errors:
+            path = self.install_errors.pop(name)[0]
+            self.supervisor.proxy_configs.pop(name, None)
+            _delete_unit_file(path)
             return path
         self.get(name)
         proxy = self.proxies.pop(name)
@@ -7685,8 +7694,10 @@ class _Xinet:
         for name in sorted(set(current) - set(configs)):
             self.proxies.pop(name).close()
             result["removed"].append(name)
+        self.install_errors = {n: e for n, e in self.install_errors.items() if n in configs}
         for name, config in sorted(configs.items()):
             if name in current and current[name].config == config:
+                self.install_errors.pop(name, None)
                 result["unchanged"].append(name)
                 continue
             try:
@@ -7694,7 +7705,14 @@ class _Xinet:
             except ZinitError as error:
                 _log().error("xinet %s: %s", name, error)
                 result["errors"].append({"name": name, "message": str(error)})
+                self.install_errors[name] = (config.path, str(error))
+                if name in current:
+                    current[name].file_error = (
+                        f"its file's new config could not be installed ({error}); "
+                        "still using the old config"
+                    )
                 continue
+            self.install_errors.pop(name, None)
             result["changed" if name in current else "added"].append(name)
         for name, error in sorted(broken.items()):
             result["errors"].append({"name": name, **error.to_dict()})
@@ -8101,6 +8119,7 @@ class _RpcServer:
         existing = self.xinet.proxies.get(name)
         error = self.supervisor.proxy_errors.get(name)
         path = existing.config.path if existing is not None else error.path if error else None
+        path = path or self.xinet.install_errors.get(name, ("", ""))[0]
         if path:  # the next reload would put the file's proxy back, silently
             raise UnitStateError(
                 f"xinet set: proxy {name!r} is declared in {path}: edit the file and reload"

@@ -907,6 +907,27 @@ def test_broken_proxy_file_keeps_the_old_proxy_on_reload(daemon):
     assert round_trip(listen, b"still") == b"still"
 
 
+def test_a_proxy_file_that_cannot_be_installed_is_listed_as_not_loaded(daemon):
+    """Its address taken by another proxy: xinet list and status show it, with why;
+    xinet delete removes its file."""
+    back, listen = tcp(), tcp()
+    backend(daemon, "echo", "echo", back)
+    text = f'[xinet]\nlisten = "{listen}"\nbackend = "{back}"\nservice = "echo"\n'
+    daemon.write("first", text)
+    daemon.start()
+    path = daemon.write("second", text)
+    result = daemon.cli("reload")
+    assert result.returncode == 1 and "proxy 'first' listens there already" in result.stderr
+    [row] = [p for p in daemon.call("xinet_list") if p["name"] == "second"]
+    assert row["path"] == str(path) and "proxy 'first' listens there already" in row["error"]
+    assert "second: not loaded: " in daemon.cli("xinet", "list").stdout
+    status = daemon.cli("xinet", "status", "second")
+    assert status.returncode == 1 and "proxy 'second' is not loaded: " in status.stderr
+    assert daemon.cli("xinet", "delete", "second").returncode == 0
+    assert not path.exists()
+    assert [p["name"] for p in daemon.call("xinet_list")] == ["first"]
+
+
 def test_a_host_name_the_resolver_refuses_is_the_proxys_error_not_the_daemons(daemon):
     """IDNA refuses "a..b" with a UnicodeError: the proxy says so; the daemon boots."""
     back = tcp()
