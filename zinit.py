@@ -6639,7 +6639,12 @@ class Supervisor:
                     "add-service takes a [service] or [target]; declare a proxy with "
                     "'zinit xinet set' or an [xinet] file in the config directory"
                 )
-            os.makedirs(self.write_dir, exist_ok=True)
+            try:
+                os.makedirs(self.write_dir, exist_ok=True)
+            except OSError as error:
+                raise UnitStateError(
+                    f"cannot write into {self.write_dir}: {error.strerror}"
+                ) from None
             temporary = f"{path}.{os.getpid()}.tmp"
             try:
                 with open(temporary, "wb") as stream:
@@ -6698,6 +6703,8 @@ class Supervisor:
     def remove_service(self, name: str) -> dict[str, Any]:
         with self._config_lock:
             stopped: list[str] = []
+            if not is_unit_name(name):  # a directory that cannot be listed shows by its path
+                raise UnitNotFound(name)
             if name in self.broken and name not in self.units:
                 path = self.broken.pop(name).path
             else:

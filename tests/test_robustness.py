@@ -201,6 +201,12 @@ def test_a_config_dir_that_is_missing_or_a_file_is_named_and_the_daemon_serves(d
         lambda: f"config directory {not_a_directory} is not a directory" in daemon.log(),
         what="the warning",
     )
+    # Listed by its path (so that it is seen), it is no unit to remove or to write beside.
+    removed = daemon.cli("remove-service", str(not_a_directory))
+    assert removed.returncode == 1 and "unknown unit" in removed.stderr, removed
+    added = daemon.cli("add-service", '[service]\nexec = "true"\n', "--name", "x")
+    assert added.returncode == 1 and f"cannot write into {not_a_directory}" in added.stderr
+    assert not_a_directory.is_file()
     assert daemon.stop() == 0
     daemon.start("--config-dir", str(tmp_path / "nowhere"))
     assert daemon.call("list") == []
