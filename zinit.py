@@ -8678,6 +8678,8 @@ class _Pid1:
         self.status_read: int | None = None
         self.cgroup_root: str | None = None
         self.restart_delay_s = 1.0
+        self.server_started = 0.0  # monotonic: a server that ends soon after never started
+        self.start_failures = 0  # such ends in a row
 
     def spawn_server(self) -> None:
         read, write = os.pipe()
@@ -8691,6 +8693,7 @@ class _Pid1:
         if self.container:
             env["ZINIT_CONTAINER"] = "1"
         self.server = os.posix_spawn(self.server_argv[0], self.server_argv, env, setsigmask=())
+        self.server_started = time.monotonic()
         os.close(write)
         self.status_read = read
         _pid1_say(f"started zinit-server as pid {self.server}")
@@ -8824,6 +8827,12 @@ def pid1_main(argv: list[str] | None = None) -> int:
             shim.wait_signals(1.0)
 
 
+#: A server that ends within this many seconds of its start did not start; after this
+#: many such ends in a row a container's shim gives up (exit status: the server's).
+_PID1_START_FAILURE_S = 5.0
+_PID1_START_FAILURES = 3
+
+
 def _pid1_loop(shim: _Pid1) -> int:
     """Run the server until an orderly end; return the shim's exit code."""
     while True:
@@ -8842,6 +8851,20 @@ def _pid1_loop(shim: _Pid1) -> int:
             return shim.finish(int(report.split()[1]))
         if shim.action is not None:
             return shim.finish(code)
+        early = time.monotonic() - shim.server_started < _PID1_START_FAILURE_S
+        shim.start_failures = shim.start_failures + 1 if early else 0
+        # One that cannot start (a wrong Python, a locked directory) would be retried
+        # for ever behind a container that looks up; only the machine's init keeps on.
+        if shim.start_failures >= _PID1_START_FAILURES and (shim.container or os.getpid() != 1):
+            _pid1_say(
+                f"zinit-server {describe_exit(code)}, {shim.start_failures} times in a row"
+                f" within {_PID1_START_FAILURE_S:g}s of starting: giving up"
+            )
+            if crashed_pid is not None:
+                shim.kill_orphans(crashed_pid)
+            _Cgroups.remove_tree(shim.cgroup_root)
+            shim.sweep()
+            return code or 1
         _pid1_say(f"zinit-server {describe_exit(code)}; restarting it in {shim.restart_delay_s:g}s")
         if crashed_pid is not None:
             shim.kill_orphans(crashed_pid)

@@ -302,6 +302,17 @@ def test_issue_4_vm_mode_shuts_down_then_names_the_action(shim, signum, action):
     assert f"shutting down (shutdown on {signal.Signals(signum).name})" in log
 
 
+def test_a_server_that_cannot_start_makes_the_container_exit(shim):
+    """Three ends in a row within seconds of starting (here: a regular file where its
+    socket goes): the shim gives up with the server's status instead of looping for ever."""
+    instance = shim(container=True)
+    pathlib.Path(instance.socket).write_text("not a socket\n")
+    instance.start(until_it_answers=False)
+    assert instance.wait(60) == 1
+    log = instance.log()
+    assert "exited with code 1, 3 times in a row within 5s of starting: giving up" in log, log
+
+
 def test_vm_mode_not_run_as_pid_1_never_reboots(shim):
     """zinit-pid1 tried from a terminal (not PID 1, no --container): SIGTERM stops the units
     and exits; it never calls reboot(2) on the host.  The dry-run switch is only a safety
