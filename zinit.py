@@ -7042,7 +7042,7 @@ def _listen_socket(address: str) -> socket.socket:
     else:
         host, port = where
         try:
-            family, _, _, _, sockaddr = socket.getaddrinfo(
+            family, _, _, _, sockaddr = _getaddrinfo(
                 host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
             )[0]
         except (OSError, UnicodeError) as error:  # IDNA refuses some names ("a..b")
@@ -7143,13 +7143,29 @@ class _Acceptor:
         self.listener.close()
 
 
+def _getaddrinfo(host: str | None, port: int, **options: Any) -> list[Any]:
+    """getaddrinfo that never holds the hub: a name goes to gevent's resolver (a DNS
+    server that does not answer held every unit for 10 s); an IP literal needs none."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host or "")
+        except (OSError, UnicodeError, ValueError):
+            continue
+        return socket.getaddrinfo(host, port, **options)
+    if not host:
+        return socket.getaddrinfo(host, port, **options)
+    import gevent.socket
+
+    return gevent.socket.getaddrinfo(host, port, **options)
+
+
 def _resolve(address: str) -> tuple[int, Any]:
     """Return (family, sockaddr) for an address; raise ZinitError if it cannot be resolved."""
     kind, where = parse_address(address)
     if kind == "unix":
         return socket.AF_UNIX, where
     try:
-        family, _, _, _, sockaddr = socket.getaddrinfo(*where, type=socket.SOCK_STREAM)[0]
+        family, _, _, _, sockaddr = _getaddrinfo(*where, type=socket.SOCK_STREAM)[0]
     except (OSError, UnicodeError) as error:  # IDNA refuses some names ("a..b")
         reason = getattr(error, "strerror", None) or error
         raise ZinitError(f"cannot resolve {address}: {reason}") from None

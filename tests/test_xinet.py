@@ -907,6 +907,16 @@ def test_broken_proxy_file_keeps_the_old_proxy_on_reload(daemon):
     assert round_trip(listen, b"still") == b"still"
 
 
+def test_host_names_are_resolved_without_holding_the_daemon(daemon):
+    """localhost is a name, not an IP: it goes through gevent's resolver, and works."""
+    back, listen = tcp(), tcp()
+    backend(daemon, "echo", "echo", back)
+    daemon.start()
+    named = "localhost:" + back.rsplit(":", 1)[1]
+    proxy(daemon, listen, named, "echo")
+    assert round_trip(listen, b"by name") == b"by name"
+
+
 def test_a_proxy_file_that_cannot_be_installed_is_listed_as_not_loaded(daemon):
     """Its address taken by another proxy: xinet list and status show it, with why;
     xinet delete removes its file."""
