@@ -1060,10 +1060,7 @@ def parse_unit_text(text: str, path: str, name: str) -> UnitConfig | XinetConfig
     or ``[target]`` (a unit file with a stray table stays a unit's).
     """
     try:
-        try:
-            return _parse_unit_text(text, path, name)
-        except (ValueError, UnicodeError) as error:  # past every check: still one file's problem
-            raise ConfigError(path, f"cannot be read as a unit: {error}") from None
+        return _parse_unit_text(text, path, name)
     except ConfigError as error:
         headers = re.findall(r"^\s*\[\s*(xinet|service|target)\s*\]", text, re.MULTILINE)
         error.in_proxy_file = "xinet" in headers and not {"service", "target"} & set(headers)
@@ -1105,6 +1102,8 @@ def _parse_unit_text(text: str, path: str, name: str) -> UnitConfig | XinetConfi
         raise ConfigError(path, f"TOML syntax error: {message}", line=line, col=col) from None
     except RecursionError:  # tomllib recurses once per level of nested arrays or tables
         raise ConfigError(path, "TOML nested too deeply to read") from None
+    except ValueError as error:  # not a syntax error: an integer of over 4,300 digits
+        raise ConfigError(path, f"cannot be read as a unit: {error}") from None
     return _UnitParser(path, text, name).parse(data)
 
 
@@ -7689,10 +7688,7 @@ class _Xinet:
         if proxy.source != "config" or not proxy.config.path:
             return None
         self.supervisor.proxy_configs.pop(name, None)
-        try:
-            os.unlink(proxy.config.path)
-        except FileNotFoundError:
-            pass
+        _delete_unit_file(proxy.config.path)
         return proxy.config.path
 
     def apply(
