@@ -1102,8 +1102,9 @@ def _parse_unit_text(text: str, path: str, name: str) -> UnitConfig | XinetConfi
         raise ConfigError(path, f"TOML syntax error: {message}", line=line, col=col) from None
     except RecursionError:  # tomllib recurses once per level of nested arrays or tables
         raise ConfigError(path, "TOML nested too deeply to read") from None
-    except ValueError as error:  # not a syntax error: an integer of over 4,300 digits
-        raise ConfigError(path, f"cannot be read as a unit: {error}") from None
+    except ValueError:  # not a syntax error: an integer longer than Python reads
+        limit = sys.get_int_max_str_digits()
+        raise ConfigError(path, f"a number has more than {limit} digits") from None
     return _UnitParser(path, text, name).parse(data)
 
 
